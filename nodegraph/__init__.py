@@ -1,0 +1,18 @@
+"""nodegraph: a typed node-graph workflow engine (this package knows nothing about diffusion)."""
+
+from nodegraph.cache import DiskCache, MemoryCache
+from nodegraph.codec import payload
+from nodegraph.context import CancelToken, RunContext
+from nodegraph.errors import Interrupted, Issue, NodeExecutionError, WorkflowError
+from nodegraph.executor import Engine, RunResult
+from nodegraph.graph import Graph, Link, validate
+from nodegraph.node import REGISTRY, ComfyMapping, node, rename_mapping
+from nodegraph.types import Socket
+from nodegraph.workflow import load_workflow
+
+__all__ = [
+    "REGISTRY", "CancelToken", "ComfyMapping", "DiskCache", "Engine", "Graph", "Interrupted", "Issue", "Link",
+    "MemoryCache", "NodeExecutionError", "RunContext", "RunResult", "Socket", "WorkflowError", "load_workflow",
+    "node", "payload", "rename_mapping", "validate",
+]
+__version__ = "0.1.0"

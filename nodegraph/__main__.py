@@ -1,0 +1,5 @@
+import sys
+
+from nodegraph.cli import main
+
+sys.exit(main())

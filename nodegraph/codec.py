@@ -1,0 +1,116 @@
+"""Turning node outputs into bytes for the disk cache and back, without pickle.
+
+Tensors go into one safetensors blob; everything else into a msgpack tree. Dataclasses are rebuilt only
+if they were registered with ``@payload`` (so a cache file can never name an arbitrary class to import).
+The whole entry carries a blake2b checksum so a torn or corrupted file is detected on read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+from typing import Any, TypeVar
+
+import msgpack
+
+from nodegraph.node import REGISTRY
+
+T = TypeVar("T")
+MAGIC = b"NGC1"
+_DIGEST = 32
+
+
+class NotEncodable(TypeError):
+    """A value the disk tier cannot store (model handles, arbitrary objects)."""
+
+
+class CorruptEntry(ValueError):
+    """Bytes that are not a whole, intact entry."""
+
+
+def payload(cls: type[T]) -> type[T]:
+    """Register a frozen dataclass that flows between nodes as storable in the disk cache."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"@payload needs a dataclass, got {cls!r}")
+    REGISTRY.payloads[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return cls
+
+
+def _torch() -> Any:
+    return sys.modules.get("torch")
+
+
+def _encode(value: Any, tensors: dict[str, Any]) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return value
+    torch = _torch()
+    if torch is not None and isinstance(value, torch.Tensor):
+        name = str(len(tensors))
+        tensors[name] = value.detach().to("cpu").contiguous().clone()
+        return {"__t": name}
+    if isinstance(value, tuple):
+        return {"__tuple": [_encode(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [_encode(v, tensors) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {"__d": [[k, _encode(v, tensors)] for k, v in value.items()]}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        name = f"{type(value).__module__}.{type(value).__qualname__}"
+        if REGISTRY.payloads.get(name) is not type(value):
+            raise NotEncodable(f"{name} is not registered with @payload")
+        fields = {f.name: _encode(getattr(value, f.name), tensors) for f in dataclasses.fields(value)}
+        return {"__dc": name, "f": fields}
+    raise NotEncodable(f"cannot store a {type(value).__name__} in the disk cache")
+
+
+def _decode(tree: Any, tensors: dict[str, Any]) -> Any:
+    if isinstance(tree, list):
+        return [_decode(v, tensors) for v in tree]
+    if not isinstance(tree, dict):
+        return tree
+    if "__t" in tree:
+        return tensors[tree["__t"]]
+    if "__tuple" in tree:
+        return tuple(_decode(v, tensors) for v in tree["__tuple"])
+    if "__d" in tree:
+        return {k: _decode(v, tensors) for k, v in tree["__d"]}
+    if "__dc" in tree:
+        cls = REGISTRY.payloads.get(tree["__dc"])
+        if cls is None:
+            raise CorruptEntry(f"entry names unregistered payload type {tree['__dc']!r}")
+        return cls(**{k: _decode(v, tensors) for k, v in tree["f"].items()})
+    raise CorruptEntry("unknown tag in entry")
+
+
+def encode_entry(value: Any) -> bytes:
+    tensors: dict[str, Any] = {}
+    tree = _encode(value, tensors)
+    blob = None
+    if tensors:
+        from safetensors.torch import save
+
+        blob = save(tensors)
+    body = msgpack.packb({"tree": tree, "st": blob}, use_bin_type=True)
+    return MAGIC + hashlib.blake2b(body, digest_size=_DIGEST).digest() + body
+
+
+def decode_entry(data: bytes) -> Any:
+    if len(data) < len(MAGIC) + _DIGEST or not data.startswith(MAGIC):
+        raise CorruptEntry("truncated or foreign file")
+    digest = data[len(MAGIC): len(MAGIC) + _DIGEST]
+    body = data[len(MAGIC) + _DIGEST:]
+    if hashlib.blake2b(body, digest_size=_DIGEST).digest() != digest:
+        raise CorruptEntry("checksum mismatch")
+    try:
+        doc = msgpack.unpackb(body, raw=False)
+        tensors: dict[str, Any] = {}
+        if doc["st"] is not None:
+            from safetensors.torch import load
+
+            tensors = load(doc["st"])
+        return _decode(doc["tree"], tensors)
+    except CorruptEntry:
+        raise
+    except Exception as exc:  # a checksum-valid but unreadable entry is still only a cache miss
+        raise CorruptEntry(f"unreadable entry: {exc}") from exc

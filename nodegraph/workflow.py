@@ -1,0 +1,230 @@
+"""Workflow files: load (native v1, ComfyUI API format, or a PNG that carries one), validate shape, save.
+
+Native format v1 (docs/workflow-format.md)::
+
+    {"version": 1, "nodes": {"<id>": {"type": "<NodeType>", "inputs": {"<name>": <literal or link>}}}}
+
+A link is ``["<node id>", "<output name or index>"]``; a literal that would read as a link (or as an
+escape) is written ``{"value": <literal>}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from nodegraph.errors import Issue, WorkflowError
+from nodegraph.graph import Graph, Link, NodeInstance
+from nodegraph.node import REGISTRY, Registry
+
+FORMAT_VERSION = 1
+MAX_FILE_BYTES = 32 * 1024 * 1024
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_TEXT_KEY = "nodegraph_workflow"
+
+
+class NodeEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(description="Node type, as listed by `nodegraph nodes`.")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="Literal values and links by input name.")
+
+
+class WorkflowFile(BaseModel):
+    """The on-disk shape of a native workflow (checked before the graph itself is validated)."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(description=f"Format version; this engine reads {FORMAT_VERSION}.")
+    name: str | None = None
+    description: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    nodes: dict[str, NodeEntry]
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        self.key = key
+        super().__init__(key)
+
+
+def parse_json_text(text: str, source: str = "<workflow>") -> Any:
+    """JSON with errors that say where: line and column, duplicate keys, absurd nesting."""
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise WorkflowError([Issue(kind="invalid_json", found=source,
+                                   message=f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")]) from None
+    except _DuplicateKey as exc:
+        raise WorkflowError([Issue(kind="duplicate_id", found=exc.key,
+                                   message=f"{source}: key {exc.key!r} appears twice in one object "
+                                           "(a node id or input name may be used once)")]) from None
+    except RecursionError:
+        raise WorkflowError([Issue(kind="invalid_json", found=source,
+                                   message=f"{source}: JSON is nested too deeply")]) from None
+
+
+def read_workflow_data(path: str | os.PathLike[str]) -> Any:
+    """The JSON document of a workflow file, or of the workflow embedded in a PNG we wrote."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise WorkflowError([Issue(kind="invalid_file", found=str(p),
+                                       message=f"{p}: {size} bytes is too large for a workflow (limit {MAX_FILE_BYTES})")])
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise WorkflowError([Issue(kind="invalid_file", found=str(p), message=f"{p}: no such file")]) from None
+    except IsADirectoryError:
+        raise WorkflowError([Issue(kind="invalid_file", found=str(p), message=f"{p}: is a directory, not a workflow file")]) from None
+    except PermissionError:
+        raise WorkflowError([Issue(kind="invalid_file", found=str(p), message=f"{p}: permission denied")]) from None
+    if raw.startswith(PNG_MAGIC):
+        return parse_json_text(_png_workflow_text(p), f"{p} (embedded workflow)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise WorkflowError([Issue(kind="invalid_file", found=str(p),
+                                   message=f"{p}: not a UTF-8 text file (byte {exc.start}) nor a PNG with a workflow")]) from None
+    return parse_json_text(text, str(p))
+
+
+def _png_workflow_text(path: Path) -> str:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            text = getattr(img, "text", {}).get(PNG_TEXT_KEY)
+    except Exception as exc:
+        raise WorkflowError([Issue(kind="invalid_file", found=str(path), message=f"{path}: unreadable PNG: {exc}")]) from None
+    if text is None:
+        raise WorkflowError([Issue(kind="invalid_file", found=str(path),
+                                   message=f"{path}: this PNG carries no nodegraph workflow (no '{PNG_TEXT_KEY}' text chunk)")])
+    return text
+
+
+def _decode_input(value: Any, node_id: str, name: str, issues: list[Issue]) -> Any:
+    if isinstance(value, dict) and set(value) == {"value"}:
+        return value["value"]
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[1], (str, int)) and not isinstance(value[1], bool):
+        target = value[0]
+        if isinstance(target, str):
+            return Link(target, value[1])
+        if isinstance(target, (int, float)) and not isinstance(target, bool):
+            issues.append(Issue(kind="invalid_id", node=node_id, input=name, found=target,
+                                message=f"link target {target!r} must be a node id string, e.g. [\"{target}\", ...]"))
+            return None
+    return value
+
+
+def graph_from_data(data: Any, registry: Registry | None = None, source: str = "<workflow>") -> Graph:
+    """Build a Graph from a parsed JSON document in either supported format."""
+    registry = registry or REGISTRY
+    if isinstance(data, dict) and "version" not in data and "nodes" not in data and data and all(
+        isinstance(v, dict) and "class_type" in v for v in data.values()
+    ):
+        from nodegraph.comfy import graph_from_comfy
+
+        return graph_from_comfy(data, registry)
+    if not isinstance(data, dict) or "nodes" not in data or "version" not in data:
+        found = type(data).__name__ if not isinstance(data, dict) else f"keys {sorted(data)[:8]}"
+        raise WorkflowError([Issue(kind="invalid_file", found=found,
+                                   message=f"{source}: not a workflow: expected an object with 'version' and 'nodes' "
+                                           "(native format) or ComfyUI API format ({id: {class_type, inputs}})")])
+    if data.get("version") != FORMAT_VERSION:
+        raise WorkflowError([Issue(kind="unsupported_version", expected=FORMAT_VERSION, found=data.get("version"),
+                                   message=f"{source}: workflow format version {data.get('version')!r} is not "
+                                           f"supported; this engine reads version {FORMAT_VERSION}")])
+    try:
+        parsed = WorkflowFile.model_validate(data)
+    except PydanticValidationError as exc:
+        issues = []
+        for err in exc.errors():
+            loc = [str(x) for x in err["loc"]]
+            node = loc[1] if len(loc) > 1 and loc[0] == "nodes" else None
+            field_name = ".".join(loc[2:]) if node is not None else ".".join(loc)
+            issues.append(Issue(kind="invalid_file", node=node, input=field_name or None,
+                                message=f"{source}: {'.'.join(loc)}: {err['msg']}", found=_short(err.get("input"))))
+        raise WorkflowError(issues) from None
+    issues: list[Issue] = []
+    nodes: dict[str, NodeInstance] = {}
+    for node_id, entry in parsed.nodes.items():
+        inputs = {name: _decode_input(v, node_id, name, issues) for name, v in entry.inputs.items()}
+        nodes[node_id] = NodeInstance(entry.type, inputs)
+    if issues:
+        raise WorkflowError(issues)
+    return Graph(nodes, name=parsed.name, description=parsed.description, metadata=parsed.metadata,
+                 registry=registry)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def load_workflow(path: str | os.PathLike[str], registry: Registry | None = None) -> Graph:
+    """Read a workflow file (native, ComfyUI API format, or a PNG we wrote) into a Graph."""
+    return graph_from_data(read_workflow_data(path), registry, str(path))
+
+
+# ---- writing ------------------------------------------------------------------------------------
+def _encode_input(value: Any) -> Any:
+    if isinstance(value, Link):
+        return [value.node, value.output]
+    looks_like_link = isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str) and \
+        isinstance(value[1], (str, int)) and not isinstance(value[1], bool)
+    if looks_like_link or (isinstance(value, dict) and set(value) == {"value"}):
+        return {"value": list(value) if isinstance(value, tuple) else value}
+    return list(value) if isinstance(value, tuple) else value
+
+
+def graph_to_dict(graph: Graph) -> dict[str, Any]:
+    out: dict[str, Any] = {"version": FORMAT_VERSION}
+    if graph.name is not None:
+        out["name"] = graph.name
+    if graph.description is not None:
+        out["description"] = graph.description
+    if graph.metadata:
+        out["metadata"] = graph.metadata
+    out["nodes"] = {
+        node_id: {"type": inst.type, "inputs": {k: _encode_input(v) for k, v in inst.inputs.items()}}
+        for node_id, inst in graph.nodes.items()
+    }
+    return out
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write to a temp file beside the target, then rename: readers never see half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def save_workflow(graph: Graph, path: str | os.PathLike[str]) -> None:
+    atomic_write_bytes(path, (graph.to_json() + "\n").encode())

@@ -1,0 +1,1 @@
+"""SDXL inpainting stage nodes (registered through the ``nodegraph.nodes`` entry point)."""

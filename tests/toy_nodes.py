@@ -1,0 +1,87 @@
+"""Small pure-Python nodes that prove the engine without any model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from nodegraph import RunContext, node, payload, rename_mapping
+from nodegraph.workflow import atomic_write_bytes
+
+CALLS: list[str] = []  # which toy functions ran, for tests that count executions
+
+
+@payload
+@dataclass(frozen=True)
+class Text:
+    __socket__ = "TEXT"
+    value: str
+
+
+@node(category="toy", outputs={"value": int})
+def Number(value: Annotated[int, Field(ge=-1000, le=1000)] = 0) -> int:
+    """A constant integer."""
+    CALLS.append("Number")
+    return value
+
+
+@node(category="toy", outputs={"sum": int}, persist=True)
+def Add(a: int, b: int = 0) -> int:
+    """a + b."""
+    CALLS.append("Add")
+    return a + b
+
+
+@node(category="toy", outputs={"text": Text}, persist=True)
+def Format(n: int, style: Literal["plain", "brackets"] = "plain", pair: list[int] | None = None) -> Text:
+    """Render a number as text."""
+    CALLS.append("Format")
+    body = f"[{n}]" if style == "brackets" else str(n)
+    if pair is not None:
+        body += f" {pair}"
+    return Text(body)
+
+
+@node(category="toy", outputs={"text": Text, "length": int})
+def Split(text: Text) -> tuple[Text, int]:
+    """The text and its length."""
+    CALLS.append("Split")
+    return text, len(text.value)
+
+
+@node(category="toy", outputs={"value": int})
+def Fail(x: int, message: str = "boom") -> int:
+    """Always raises."""
+    raise RuntimeError(message)
+
+
+@node(category="toy", outputs={"value": int})
+def Count(n: int, ctx: RunContext, steps: Annotated[int, Field(ge=1)] = 5) -> int:
+    """Counts through steps with progress; a cancellation point at each step."""
+    CALLS.append("Count")
+    bar = ctx.progress(steps)
+    for _ in range(steps):
+        bar.update()
+    return n
+
+
+@node(category="toy", output=True,
+      comfy=rename_mapping("SaveText", "WriteText", {"text": "text", "filename_prefix": "name"}, ()))
+def WriteText(text: Text, ctx: RunContext, name: str = "out") -> list[str]:
+    """Write text to OUTPUT_DIR/NAME.txt atomically."""
+    CALLS.append("WriteText")
+    ctx.check_cancelled()
+    path = Path(ctx.output_dir) / f"{name}.txt"
+    atomic_write_bytes(path, text.value.encode())
+    return [str(path)]
+
+
+@node(category="toy", outputs={"value": int},
+      comfy=rename_mapping("PrimitiveInt", "Number", {"value": "value"}, ("value",)))
+def Square(x: int) -> int:
+    """x * x."""
+    CALLS.append("Square")
+    return x * x
