@@ -35,6 +35,8 @@ def graph_from_comfy(data: dict[str, Any], registry: Registry) -> Graph:
             continue
         mappings[comfy_id] = mapping
 
+    passing: set[tuple[str, str]] = set()
+
     def translate(value: Any, node_id: str, name: str) -> Any:
         is_link = isinstance(value, list) and len(value) == 2 and isinstance(value[1], int) and \
             isinstance(value[0], (str, int)) and not isinstance(value[0], bool)
@@ -53,6 +55,11 @@ def graph_from_comfy(data: dict[str, Any], registry: Registry) -> Graph:
                                         f"which has {len(mapping.outputs)} outputs"))
             return None
         suffix, output = mapping.outputs[value[1]]
+        if suffix.startswith("="):  # a pass-through output: whatever fed that input of the ComfyUI node
+            if (target, suffix) in passing:
+                raise ValueError(f"pass-through loop at ComfyUI node {target!r}")
+            passing.add((target, suffix))
+            return translate(data[target].get("inputs", {}).get(suffix[1:]), target, suffix[1:])
         return Link(_our_id(target, suffix), output)
 
     nodes: dict[str, NodeInstance] = {}

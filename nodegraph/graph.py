@@ -299,6 +299,7 @@ def validate(graph: Graph, output_nodes: Iterable[str] | None = None) -> ValidGr
             issues.append(_unknown_type(node_id, instance.type, registry))
             continue
         specs[node_id] = spec
+        issues_before = len(issues)
         node_literals: dict[str, Any] = {}
         node_links: dict[str, Link] = {}
         bad: set[str] = set()
@@ -332,6 +333,10 @@ def validate(graph: Graph, output_nodes: Iterable[str] | None = None) -> ValidGr
                 node_literals[name] = inp.default
         literals[node_id] = node_literals
         links[node_id] = node_links
+        if spec.check is not None and len(issues) == issues_before:  # only once each value is valid
+            for input_name, message in spec.check(**node_literals):
+                issues.append(Issue(kind="unsupported_option", node=node_id, input=input_name, message=message,
+                                    found={k: node_literals.get(k) for k in ([input_name] if input_name else [])}))
 
     for component in nx.strongly_connected_components(dag):
         if len(component) > 1 or any(dag.has_edge(n, n) for n in component):

@@ -83,7 +83,8 @@ class ComfyMapping:
     ``[node_id, output_name]`` form) and returns ``{suffix: {"type": T, "inputs": {...}}}``; the node
     with suffix ``""`` is the primary one. Inside ``expand`` a link to a sibling is ``[suffix, output]``
     with the suffix prefixed by ``"@"``. ``outputs`` maps each ComfyUI output index onto
-    ``(suffix, our_output_name)``.
+    ``(suffix, our_output_name)``; a suffix ``"=<input>"`` passes through whatever fed that input
+    (for ComfyUI nodes that hand a conditioning on unchanged).
     """
 
     class_type: str
@@ -120,6 +121,7 @@ class NodeSpec:
     context_param: str | None
     fingerprint: Callable[..., Any] | None = None
     comfy: tuple[ComfyMapping, ...] = ()
+    check: Callable[..., list[tuple[str | None, str]]] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -190,6 +192,7 @@ def node(
     persist: bool = False,
     fingerprint: Callable[..., Any] | None = None,
     comfy: tuple[ComfyMapping, ...] | ComfyMapping = (),
+    check: Callable[..., list[tuple[str | None, str]]] | None = None,
     name: str | None = None,
     registry: Registry | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -200,10 +203,13 @@ def node(
     persist: whether outputs may be written to the disk cache (encodings and latents: yes; handles: no).
     fingerprint: ``fingerprint(**literal_inputs)`` -> something msgpack-able naming the external content
         a source node reads (a file digest), so the cache key changes when that content changes.
+    check: ``check(**literal_inputs)`` -> ``[(input name or None, message)]`` for combinations of values
+        that are each valid but cannot work together; reported at validation time, before anything runs.
     """
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        spec = _build_spec(fn, name or fn.__name__, category, version, outputs, output, persist, fingerprint, comfy)
+        spec = _build_spec(fn, name or fn.__name__, category, version, outputs, output, persist, fingerprint, comfy,
+                           check)
         (registry or REGISTRY).add(spec)
         fn.__node_spec__ = spec  # type: ignore[attr-defined]
         return fn
@@ -221,6 +227,7 @@ def _build_spec(
     persist: bool,
     fingerprint: Callable[..., Any] | None,
     comfy: tuple[ComfyMapping, ...] | ComfyMapping,
+    check: Callable[..., list[tuple[str | None, str]]] | None,
 ) -> NodeSpec:
     from nodegraph.context import RunContext
 
@@ -262,5 +269,6 @@ def _build_spec(
     doc = inspect.cleandoc(fn.__doc__ or "").strip()
     mappings = (comfy,) if isinstance(comfy, ComfyMapping) else tuple(comfy)
     return NodeSpec(
-        name, fn, category, version, inputs, out_types, doc, is_output, persist, context_param, fingerprint, mappings
+        name, fn, category, version, inputs, out_types, doc, is_output, persist, context_param, fingerprint, mappings,
+        check,
     )

@@ -4,16 +4,47 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 from tests import toy_nodes  # noqa: E402,F401  (registers the toy nodes)
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[int, Path]:
+    """Tiny random-weight SDXL models (9- and 4-channel UNets), built once per test session."""
+    from nodes.tiny import make_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {9: make_tiny_model(root / "inpaint", in_channels=9), 4: make_tiny_model(root / "base", in_channels=4)}
+
+
+@pytest.fixture(scope="session")
+def builtin_models_dir(tmp_path_factory, tiny_models) -> Path:
+    """The cache directory's models/ with the built-ins already in place (built from the same seed)."""
+    from nodes.tiny import BUILD_VERSION
+
+    models = tmp_path_factory.mktemp("builtin") / "models"
+    models.mkdir()
+    (models / f"tiny-sdxl-inpaint-v{BUILD_VERSION}").symlink_to(tiny_models[9])
+    (models / f"tiny-sdxl-v{BUILD_VERSION}").symlink_to(tiny_models[4])
+    return models
+
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Never touch the user's real cache directory from a test."""
-    monkeypatch.setenv("NODEGRAPH_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+def _isolated_cache(tmp_path_factory, monkeypatch, request):
+    """Never touch the user's real cache directory from a test; share the built-in models."""
+    cache = tmp_path_factory.mktemp("cache")
+    if "builtin_models_dir" in request.fixturenames:
+        (cache / "models").symlink_to(request.getfixturevalue("builtin_models_dir"))
+    monkeypatch.setenv("NODEGRAPH_CACHE_DIR", str(cache))
+    return cache
 
 
 @pytest.fixture

@@ -1,0 +1,146 @@
+"""Latent space: VAE encode/decode, the latent-size mask, empty latents, latents on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from safetensors.torch import load_file, save
+
+from nodegraph import ComfyMapping, RunContext, node, rename_mapping
+from nodegraph.keys import file_fingerprint
+from nodegraph.workflow import atomic_write_bytes
+from nodes.image import Size, check_same_size
+from nodes.models import VaeHandle, manager
+from nodes.payloads import Image, Latent, Mask
+
+
+def binarize(mask: torch.Tensor) -> torch.Tensor:
+    """diffusers' mask processor: >= 0.5 -> 1, else 0."""
+    return (mask >= 0.5).to(mask.dtype)
+
+
+def _encode(model: Any, vae: VaeHandle, pixels: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] in [-1, 1] -> scaled latents, using the posterior mode (DESIGN.md §4)."""
+    dist = model.encode(pixels.to(vae.ref.device, vae.ref.torch_dtype)).latent_dist
+    return dist.mode() * vae.scaling_factor
+
+
+def _comfy_encode_for_inpaint(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        "enc": {"type": "VAEEncode", "inputs": {"vae": inputs["vae"], "image": inputs["pixels"], "mask": inputs["mask"]}},
+        "": {"type": "DownsampleMask", "inputs": {"latent": ["@enc", "latent"], "mask": inputs["mask"],
+                                                 "mode": "max" if inputs.get("grow_mask_by", 0) else "nearest"}},
+    }
+
+
+def _comfy_inpaint_conditioning(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return _comfy_encode_for_inpaint(inputs | {"grow_mask_by": 0})
+
+
+@node(category="latent", version=1, outputs={"latent": Latent}, persist=True,
+      comfy=(rename_mapping("VAEEncode", "VAEEncode", {"pixels": "image", "vae": "vae"}, ("latent",)),
+             ComfyMapping("VAEEncodeForInpaint", _comfy_encode_for_inpaint, (("", "latent"),)),
+             ComfyMapping("InpaintModelConditioning", _comfy_inpaint_conditioning,
+                          (("=positive", ""), ("=negative", ""), ("", "latent")))))
+def VAEEncode(vae: VaeHandle, image: Image, ctx: RunContext, mask: Mask | None = None) -> Latent:
+    """Encode an image to latents (the posterior mode, so the result does not depend on any seed).
+
+    With a mask, also encodes the masked image (pixels to repaint set to grey: `image * (mask < 0.5)`),
+    which a 9-channel inpainting UNet takes as input. Width and height must be multiples of 8.
+    """
+    factor = vae.vae_scale_factor
+    h, w = image.shape[1:3]
+    if h % factor or w % factor:
+        raise ValueError(f"VAEEncode: image is {w}x{h}; width and height must be multiples of {factor} "
+                         "(LoadImage rounds them with round_to=8, or add a ResizeImage node)")
+    model = manager(ctx).get(vae.ref, "vae_encoder", ctx)
+    pixels = image.permute(0, 3, 1, 2).float() * 2.0 - 1.0
+    with torch.no_grad():
+        samples = _encode(model, vae, pixels)
+        masked = None
+        if mask is not None:
+            check_same_size(image, mask, "VAEEncode")
+            keep = (binarize(mask.float()) < 0.5)[:, None].to(pixels)
+            masked = _encode(model, vae, pixels * keep)
+    return Latent(samples.float(), masked.float() if masked is not None else None)
+
+
+def _comfy_noise_mask(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {"": {"type": "DownsampleMask", "inputs": {"latent": inputs["samples"], "mask": inputs["mask"]}}}
+
+
+@node(category="latent", version=1, outputs={"latent": Latent}, persist=True,
+      comfy=ComfyMapping("SetLatentNoiseMask", _comfy_noise_mask, (("", "latent"),)))
+def DownsampleMask(latent: Latent, mask: Mask, mode: Literal["nearest", "max", "area"] = "nearest") -> Latent:
+    """Attach the mask at latent size (1 = repaint).
+
+    nearest: what diffusers does (a stroke thinner than 8 pixels can vanish); max: any repainted pixel
+    marks its latent cell (thin strokes survive); area: the fraction of each cell that is repainted.
+    An all-zero mask changes nothing; an all-ones mask repaints everything (plain img2img).
+    """
+    h, w = latent.samples.shape[-2:]
+    m = mask.float()[:, None]
+    if mode == "nearest":
+        small = F.interpolate(binarize(m), size=(h, w))
+    elif mode == "max":
+        small = F.adaptive_max_pool2d(binarize(m), (h, w))
+    else:
+        small = F.interpolate(m, size=(h, w), mode="area")
+    return latent.replace(mask=small)
+
+
+@node(category="latent", version=1, outputs={"latent": Latent}, persist=True,
+      comfy=rename_mapping("EmptyLatentImage", "EmptyLatent", {"width": "width", "height": "height",
+                                                                 "batch_size": "batch_size"}, ("latent",)))
+def EmptyLatent(width: Size = 1024, height: Size = 1024,
+                batch_size: Annotated[int, Field(ge=1, le=64)] = 1) -> Latent:
+    """An empty latent for text-to-image (SDXL's 8x VAE factor; sizes rounded down to multiples of 8).
+    Sampling from it always starts from pure noise."""
+    return Latent(torch.zeros(batch_size, 4, height // 8, width // 8), empty=True)
+
+
+@node(category="latent", version=1, outputs={"image": Image}, persist=True,
+      comfy=rename_mapping("VAEDecode", "VAEDecode", {"samples": "latent", "vae": "vae"}, ("image",)))
+def VAEDecode(vae: VaeHandle, latent: Latent, ctx: RunContext) -> torch.Tensor:
+    """Decode latents to an image batch [B, H, W, C] in [0, 1]."""
+    model = manager(ctx).get(vae.ref, "vae_decoder", ctx)
+    dtype = vae.ref.torch_dtype
+    images = []
+    with torch.no_grad():
+        for i in range(latent.samples.shape[0]):  # one at a time: peak memory of one image
+            ctx.check_cancelled()
+            z = latent.samples[i: i + 1].to(vae.ref.device, dtype) / vae.scaling_factor
+            x = model.decode(z, return_dict=False)[0]
+            images.append((x / 2 + 0.5).clamp(0, 1).float().cpu())
+    return torch.cat(images).permute(0, 2, 3, 1).contiguous()
+
+
+@node(category="latent", version=1, output=True)
+def SaveLatent(latent: Latent, path: str) -> list[str]:
+    """Write latents (and their mask and masked-image latents, if any) to a .safetensors file."""
+    tensors = {"samples": latent.samples.detach().cpu().contiguous()}
+    if latent.masked is not None:
+        tensors["masked"] = latent.masked.detach().cpu().contiguous()
+    if latent.mask is not None:
+        tensors["mask"] = latent.mask.detach().cpu().contiguous()
+    target = Path(path) if Path(path).suffix else Path(path).with_suffix(".safetensors")
+    atomic_write_bytes(target, save(tensors, metadata={"format": "nodegraph-latent",
+                                                       "empty": json.dumps(latent.empty)}))
+    return [str(target)]
+
+
+@node(category="latent", version=1, outputs={"latent": Latent},
+      fingerprint=lambda path, **_: file_fingerprint(path))
+def LoadLatent(path: str) -> Latent:
+    """Read latents written by SaveLatent (safetensors only)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such latent file")
+    tensors = load_file(path)
+    if "samples" not in tensors:
+        raise ValueError(f"{path}: not a nodegraph latent file (no 'samples' tensor)")
+    return Latent(tensors["samples"], tensors.get("masked"), tensors.get("mask"))

@@ -1,0 +1,46 @@
+"""What flows between the SDXL nodes: the one place where socket payloads are defined.
+
+- ``IMAGE``: float32 tensor [B, H, W, C] in [0, 1].
+- ``MASK``: float32 tensor [B, H, W] in [0, 1]; **1 = repaint**, 0 = keep.
+- ``LATENT``: ``Latent`` -- scaled latents [B, 4, h, w], optionally the masked-image latents and a
+  latent-size mask [B, 1, h, w] (what a 9-channel inpainting UNet takes besides the latents).
+- ``CONDITIONING``: ``Conditioning`` -- both encoders' hidden states concatenated [1, 77k, D] and the
+  pooled embedding of encoder 2 [1, P]. Size/crop time ids belong to sampling.
+- ``UNET``, ``CLIP``, ``VAE``: lazy handles (``nodes.models``): a source, dtype and device; nothing is
+  read from disk until a node that needs the weights runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import torch
+
+from nodegraph import Socket, payload
+
+Image = Annotated[torch.Tensor, Socket("IMAGE")]
+Mask = Annotated[torch.Tensor, Socket("MASK")]
+
+
+@payload
+@dataclass(frozen=True, eq=False)
+class Latent:
+    __socket__ = "LATENT"
+    samples: torch.Tensor
+    masked: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    empty: bool = False  # from EmptyLatent: sampling starts from pure noise whatever the strength
+
+    def replace(self, **changes: object) -> Latent:
+        fields = {"samples": self.samples, "masked": self.masked, "mask": self.mask, "empty": self.empty}
+        fields.update(changes)
+        return Latent(**fields)  # type: ignore[arg-type]
+
+
+@payload
+@dataclass(frozen=True, eq=False)
+class Conditioning:
+    __socket__ = "CONDITIONING"
+    embeds: torch.Tensor
+    pooled: torch.Tensor

@@ -1,0 +1,137 @@
+"""Where model weights come from: resolving a ``source`` string, and fingerprinting its content.
+
+A source is a diffusers-format folder, a single-file ``.safetensors`` checkpoint, a Hugging Face hub
+repo id (downloaded on first use), or ``builtin:<name>`` (a tiny random-weight model built on first use
+into the cache directory). Pickle formats are refused: weights are only ever read with safetensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from nodegraph.cache import default_cache_dir
+from nodegraph.workflow import atomic_write_bytes
+
+logger = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+DIFFUSERS_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                   "scheduler")
+
+
+class SourceError(ValueError):
+    """A model source that cannot be used; the message names the path or id and says why."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    path: str
+    kind: Literal["diffusers", "single_file"]
+    fingerprint: str
+    variant: str | None = None
+
+
+def _hub_download(repo_id: str, variant: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["model_index.json", "*/config.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*"]
+    patterns.append(f"*/*.{variant}.safetensors" if variant else "*/*.safetensors")
+    try:
+        # snapshot_download shows a tqdm progress bar per file while downloading.
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        why = "HF_HUB_OFFLINE is set and it is not in the local hub cache" if offline else str(exc)
+        raise SourceError(f"cannot fetch hub model {repo_id!r}: {why}. Download it once while online, or set "
+                          "source to a local diffusers folder or .safetensors file") from None
+
+
+def resolve_path(source: str, variant: str | None = None) -> tuple[Path, Literal["diffusers", "single_file"]]:
+    """The local folder or file a source string names (building or downloading it if needed)."""
+    if source.startswith("builtin:"):
+        from nodes.tiny import BUILD_VERSION, BUILTINS, make_tiny_model
+
+        name = source.split(":", 1)[1]
+        if name not in BUILTINS:
+            raise SourceError(f"unknown built-in model {source!r}; built-ins: "
+                              f"{', '.join('builtin:' + b for b in BUILTINS)}")
+        folder = default_cache_dir() / "models" / f"{name}-v{BUILD_VERSION}"
+        if not (folder / "model_index.json").is_file():
+            logger.info("building %s into %s (random weights)", source, folder)
+            make_tiny_model(folder, in_channels=BUILTINS[name])
+        return folder, "diffusers"
+    path = Path(source).expanduser()
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise SourceError(f"{path}: {path.suffix} checkpoints are pickle files, which can run code when loaded; "
+                          "only .safetensors (or a diffusers folder of them) is accepted. Convert it first.")
+    if path.is_dir():
+        if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
+            raise SourceError(f"{path}: not a diffusers-format model folder (no model_index.json or unet/)")
+        return path, "diffusers"
+    if path.is_file():
+        if path.suffix.lower() != ".safetensors":
+            raise SourceError(f"{path}: not a .safetensors checkpoint or diffusers folder")
+        return path, "single_file"
+    if HUB_ID.match(source) and not source.startswith((".", "/", "~")):
+        return _hub_download(source, variant), "diffusers"
+    raise SourceError(f"{source}: no such file or directory (and not a hub id like 'org/name' or a builtin:)")
+
+
+def _file_digest(path: Path, memo_dir: Path) -> str:
+    """blake2b of a file's bytes, memoised on disk by (path, size, mtime) so it is paid once per version."""
+    st = path.stat()
+    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    memo = memo_dir / (hashlib.blake2b(ident.encode(), digest_size=16).hexdigest() + ".json")
+    try:
+        return json.loads(memo.read_text())["digest"]
+    except (OSError, ValueError, KeyError):
+        pass
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    try:
+        atomic_write_bytes(memo, json.dumps({"ident": ident, "digest": digest}).encode())
+    except OSError:
+        pass  # a read-only cache only costs re-hashing next time
+    return digest
+
+
+def fingerprint(path: Path, kind: str, variant: str | None = None) -> str:
+    """Content digest of everything a model's outputs depend on (weights, configs, tokenizer files).
+
+    Paths do not enter it, so the same weights at another path or on another machine give the same key.
+    """
+    memo_dir = default_cache_dir() / "fingerprints"
+    h = hashlib.blake2b(digest_size=20)
+    if kind == "single_file":
+        h.update(_file_digest(path, memo_dir).encode())
+        return h.hexdigest()
+    for part in DIFFUSERS_PARTS:
+        p = path / part
+        files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
+        for f in files:
+            rel = f.relative_to(path).as_posix()
+            if f.suffix == ".safetensors":
+                name = f.name
+                is_variant = len(name.split(".")) > 2
+                if (variant is None and is_variant) or (variant is not None and f".{variant}." not in name):
+                    continue
+            elif f.suffix not in (".json", ".txt", ".model"):
+                continue
+            h.update(rel.encode() + b"\0" + _file_digest(f, memo_dir).encode() + b"\0")
+    return h.hexdigest()
+
+
+def resolve(source: str, variant: str | None = None) -> ModelSource:
+    path, kind = resolve_path(source, variant)
+    return ModelSource(str(path), kind, fingerprint(path, kind, variant), variant)
