@@ -65,7 +65,7 @@ def _as_outputs(spec: NodeSpec, result: Any) -> dict[str, Any]:
         return {n: result[n] for n in names}
     if not isinstance(result, tuple) or len(result) != len(names):
         raise TypeError(f"{spec.name} must return {len(names)} values {names}, got {type(result).__name__}")
-    return dict(zip(names, result))
+    return dict(zip(names, result, strict=True))
 
 
 class Engine:
