@@ -146,6 +146,8 @@ class Engine:
                     result.nodes[n]["status"] = "failed"
                     raise NodeExecutionError(n, spec.name, exc) from exc
             upstream = {name: (keys[link.node], link.output) for name, link in vg.links[n].items()}
+            if spec.content_inputs:
+                literals = {k: v for k, v in literals.items() if k not in spec.content_inputs}
             keys[n] = node_key(spec.name, spec.version, literals, upstream, external)
         return keys
 
@@ -172,7 +174,7 @@ class Engine:
             spec = vg.specs[n]
             if n in result.values:
                 continue
-            if not spec.is_output:
+            if not spec.is_output and not spec.always_run:
                 k = keys[n]
                 if k in self.memory:
                     hits[n] = "memory"
@@ -192,7 +194,7 @@ class Engine:
             k = keys[n]
             t0 = time.perf_counter()
             tier = hits.get(n)
-            if tier is None and not spec.is_output and k in by_key:
+            if tier is None and not spec.is_output and not spec.always_run and k in by_key:
                 values[n] = by_key[k]
                 tier = "memory"
             elif tier == "memory":
@@ -238,3 +240,15 @@ class Engine:
                     disk.put(k, produced)
             report.update(status="executed", cache=None, seconds=time.perf_counter() - t0)
             listener.node_finished(n, "executed")
+
+        # Ancestors that were not demanded because a descendant came from a cache: say whether their own
+        # result is cached too (it was not read, so "read": false), so a report tells what a rerun reuses.
+        for n in ancestors - need:
+            report = result.nodes[n]
+            if report["status"] != "skipped" or vg.specs[n].is_output:
+                continue
+            k = keys[n]
+            if k in self.memory and not vg.specs[n].always_run:
+                report.update(status="cached", cache="memory", read=False)
+            elif vg.specs[n].persist and disk is not None and disk.contains(k):
+                report.update(status="cached", cache="disk", read=False)

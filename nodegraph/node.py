@@ -122,6 +122,8 @@ class NodeSpec:
     fingerprint: Callable[..., Any] | None = None
     comfy: tuple[ComfyMapping, ...] = ()
     check: Callable[..., list[tuple[str | None, str]]] | None = None
+    content_inputs: tuple[str, ...] = ()
+    always_run: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -193,6 +195,8 @@ def node(
     fingerprint: Callable[..., Any] | None = None,
     comfy: tuple[ComfyMapping, ...] | ComfyMapping = (),
     check: Callable[..., list[tuple[str | None, str]]] | None = None,
+    content_inputs: tuple[str, ...] = (),
+    always_run: bool = False,
     name: str | None = None,
     registry: Registry | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -205,11 +209,14 @@ def node(
         a source node reads (a file digest), so the cache key changes when that content changes.
     check: ``check(**literal_inputs)`` -> ``[(input name or None, message)]`` for combinations of values
         that are each valid but cannot work together; reported at validation time, before anything runs.
+    content_inputs: literal inputs (paths) left out of the cache key because ``fingerprint`` covers what
+        they point to: the same file content at another path, or on another machine, gives the same key.
+    always_run: never serve this node from the memory tier (cheap nodes whose outputs name local paths).
     """
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         spec = _build_spec(fn, name or fn.__name__, category, version, outputs, output, persist, fingerprint, comfy,
-                           check)
+                           check, content_inputs, always_run)
         (registry or REGISTRY).add(spec)
         fn.__node_spec__ = spec  # type: ignore[attr-defined]
         return fn
@@ -228,6 +235,8 @@ def _build_spec(
     fingerprint: Callable[..., Any] | None,
     comfy: tuple[ComfyMapping, ...] | ComfyMapping,
     check: Callable[..., list[tuple[str | None, str]]] | None,
+    content_inputs: tuple[str, ...],
+    always_run: bool,
 ) -> NodeSpec:
     from nodegraph.context import RunContext
 
@@ -264,11 +273,16 @@ def _build_spec(
             if socket is None:
                 raise TypeError(f"{name}: output {out_name!r} has no socket type")
             out_types[out_name] = socket
+    if content_inputs and fingerprint is None:
+        raise TypeError(f"{name}: content_inputs need a fingerprint that covers their content")
+    unknown = set(content_inputs) - set(inputs)
+    if unknown:
+        raise TypeError(f"{name}: content_inputs {sorted(unknown)} are not inputs")
     if not out_types and not is_output:
         raise TypeError(f"{name}: a node without outputs must be declared output=True")
     doc = inspect.cleandoc(fn.__doc__ or "").strip()
     mappings = (comfy,) if isinstance(comfy, ComfyMapping) else tuple(comfy)
     return NodeSpec(
         name, fn, category, version, inputs, out_types, doc, is_output, persist, context_param, fingerprint, mappings,
-        check,
+        check, tuple(content_inputs), always_run,
     )

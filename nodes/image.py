@@ -70,6 +70,7 @@ def _resize_pil(img: PILImage.Image, size: tuple[int, int], mode: str = "lanczos
 
 
 @node(category="image", version=1, outputs={"image": Image, "mask": Mask}, fingerprint=_path_fingerprint,
+      content_inputs=("path",),
       comfy=rename_mapping("LoadImage", "LoadImage", {"image": "path"}, ("image", "mask")))
 def LoadImage(path: str, round_to: Annotated[int, Field(ge=1, le=64)] = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """Load an image file as RGB; its alpha channel (if any) becomes the mask: transparent = repaint.
@@ -95,7 +96,8 @@ def LoadImage(path: str, round_to: Annotated[int, Field(ge=1, le=64)] = 8) -> tu
 MaskChannel = Literal["luminance", "alpha", "red", "green", "blue"]
 
 
-@node(category="image", version=1, outputs={"mask": Mask}, fingerprint=_path_fingerprint)
+@node(category="image", version=1, outputs={"mask": Mask}, fingerprint=_path_fingerprint,
+      content_inputs=("path",))
 def LoadMask(path: str, channel: MaskChannel = "luminance", invert: bool = False,
              round_to: Annotated[int, Field(ge=1, le=64)] = 8) -> torch.Tensor:
     """Load a mask image: white (1) = repaint, black (0) = keep; `invert` swaps them.

@@ -135,7 +135,7 @@ def SaveLatent(latent: Latent, path: str) -> list[str]:
 
 
 @node(category="latent", version=1, outputs={"latent": Latent},
-      fingerprint=lambda path, **_: file_fingerprint(path))
+      fingerprint=lambda path, **_: file_fingerprint(path), content_inputs=("path",))
 def LoadLatent(path: str) -> Latent:
     """Read latents written by SaveLatent (safetensors only)."""
     if not Path(path).is_file():

@@ -192,7 +192,7 @@ def _source_fingerprint(source: str, variant: str | None = None, **_: Any) -> st
 
 
 @node(category="loaders", version=1, outputs={"unet": UNetHandle, "clip": ClipHandle, "vae": VaeHandle},
-      fingerprint=_source_fingerprint,
+      fingerprint=_source_fingerprint, content_inputs=("source",), always_run=True,
       comfy=rename_mapping("CheckpointLoaderSimple", "LoadCheckpoint", {"ckpt_name": "source"},
                            ("unet", "clip", "vae")))
 def LoadCheckpoint(

@@ -247,4 +247,4 @@ def Sample(
                     init = sched.add_noise(image_latents, noise, torch.tensor([timesteps[i + 1]]))
                 latents = (1 - mask) * init + mask * latents
             progress.update()
-    return latent.replace(samples=latents.float(), empty=False)
+    return latent.replace(samples=latents.float().contiguous(), empty=False)

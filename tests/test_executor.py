@@ -36,9 +36,10 @@ def test_editing_a_literal_reruns_exactly_its_descendants(tmp_path, calls):
     engine.run(chain(), output_dir=tmp_path)
     calls.clear()
     result = engine.run(chain(style="brackets"), output_dir=tmp_path)
-    assert statuses(result) == {"a": "skipped", "b": "skipped", "s": "cached", "f": "executed",
+    assert statuses(result) == {"a": "cached", "b": "cached", "s": "cached", "f": "executed",
                                 "w": "executed", "orphan": "skipped"}
     assert result.nodes["s"]["cache"] == "memory"
+    assert result.nodes["a"]["read"] is False  # cached, but nothing needed to read it
     assert calls == ["Format", "WriteText"]
     assert (tmp_path / "out.txt").read_text() == "[7]"
 
