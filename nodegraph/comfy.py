@@ -57,9 +57,13 @@ def graph_from_comfy(data: dict[str, Any], registry: Registry) -> Graph:
         suffix, output = mapping.outputs[value[1]]
         if suffix.startswith("="):  # a pass-through output: whatever fed that input of the ComfyUI node
             if (target, suffix) in passing:
-                raise ValueError(f"pass-through loop at ComfyUI node {target!r}")
+                issues.append(Issue(kind="cycle", node=target, message="pass-through outputs link in a loop"))
+                return None
             passing.add((target, suffix))
-            return translate(data[target].get("inputs", {}).get(suffix[1:]), target, suffix[1:])
+            try:
+                return translate(data[target].get("inputs", {}).get(suffix[1:]), target, suffix[1:])
+            finally:
+                passing.discard((target, suffix))
         return Link(_our_id(target, suffix), output)
 
     nodes: dict[str, NodeInstance] = {}

@@ -13,7 +13,7 @@ from PIL import Image
 
 from nodegraph import Engine, Graph, NodeExecutionError, WorkflowError, validate
 from nodegraph.cli import main
-from nodegraph.workflow import PNG_TEXT_KEY, graph_from_data
+from nodegraph.workflow import PNG_TEXT_KEY
 from tests.sdxl_graphs import DEMO_IMAGE, DEMO_MASK, ROOT, inpaint_graph
 
 FAST = {"steps": 3}
@@ -299,3 +299,13 @@ def test_builtin_model_is_built_on_first_use(tmp_path, monkeypatch):
     folder = next((tmp_path / "fresh-cache" / "models").iterdir())
     assert "RANDOM WEIGHTS" in (folder / "README.md").read_text()
     assert sorted(result.loaded) == sorted(["tokenizer", "text_encoder", "tokenizer_2", "text_encoder_2", "unet"])
+
+
+def test_make_tiny_model_command_is_deterministic(tmp_path, capsys):
+    assert main(["make-tiny-model", str(tmp_path / "a"), "--in-channels", "4"]) == 0
+    assert "4-channel UNet" in capsys.readouterr().out
+    assert main(["make-tiny-model", str(tmp_path / "b"), "--in-channels", "4"]) == 0
+    for f in (tmp_path / "a").rglob("*.safetensors"):
+        assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes()
+    assert json.loads((tmp_path / "a" / "unet" / "config.json").read_text())["in_channels"] == 4
+    assert main(["make-tiny-model", str(tmp_path / "a")]) == 2  # never overwrites
