@@ -15,6 +15,7 @@ from typing import Any
 import msgpack
 
 KEY_SCHEMA = 1  # bump when the key recipe itself changes
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 def _normalise(value: Any) -> Any:
@@ -55,8 +56,12 @@ def node_key(
     upstream: ``{input name: (key of the source node, output name)}`` -- the source's key, never its id.
     external: a fingerprint of content outside the graph that a source node reads (file digests).
     """
-    return digest(canonical_bytes([KEY_SCHEMA, node_type, version, literals,
-                                   {k: list(v) for k, v in upstream.items()}, external]))
+    # Built already in canonical form (sorted pairs; plain values as they are): this runs once per node
+    # per run, so it stays off the generic normaliser for the common case.
+    lits = [[k, v if type(v) in _PLAIN else _normalise(v)] for k, v in sorted(literals.items())]
+    ups = [[k, key, out] for k, (key, out) in sorted(upstream.items())]
+    ext = external if type(external) in _PLAIN else _normalise(external)
+    return digest(msgpack.packb([KEY_SCHEMA, node_type, version, lits, ups, ext], use_bin_type=True))
 
 
 def file_fingerprint(path: str | os.PathLike[str]) -> str:
