@@ -309,3 +309,40 @@ def test_make_tiny_model_command_is_deterministic(tmp_path, capsys):
         assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes()
     assert json.loads((tmp_path / "a" / "unet" / "config.json").read_text())["in_channels"] == 4
     assert main(["make-tiny-model", str(tmp_path / "a")]) == 2  # never overwrites
+
+
+# ---- single-file checkpoints -----------------------------------------------------------------------
+def _fake_single_file(path, tensors):
+    from safetensors.torch import save_file
+
+    save_file({k: torch.zeros(shape, dtype=torch.float16) for k, shape in tensors.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("tensors, message", [
+    ({"some.other.weight": (2, 2)}, "not an SDXL checkpoint in the original layout"),
+    ({"model.diffusion_model.input_blocks.0.0.weight": (8, 9, 3, 3)}, "no second text encoder"),
+    ({"model.diffusion_model.input_blocks.0.0.weight": (8, 5, 3, 3),
+      "conditioner.embedders.1.model.token_embedding.weight": (4, 4)}, "UNet has 5 input channels"),
+])
+def test_single_file_checkpoints_are_checked_from_the_header(tmp_path, tensors, message):
+    path = _fake_single_file(tmp_path / "model.safetensors", tensors)
+    with pytest.raises(NodeExecutionError, match=message) as info:
+        run(ckpt_graph(str(path)), tmp_path)
+    assert info.value.node_id == "checkpoint"
+
+
+def test_truncated_single_file_is_reported(tmp_path):
+    path = _fake_single_file(tmp_path / "model.safetensors", {"model.diffusion_model.input_blocks.0.0.weight": (8, 9, 3, 3)})
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(NodeExecutionError, match="corrupt or truncated"):
+        run(ckpt_graph(str(path)), tmp_path)
+
+
+def test_header_inspection_reads_channels_and_dtype(tmp_path):
+    from nodes.single_file import inspect_checkpoint
+
+    path = _fake_single_file(tmp_path / "m.safetensors", {
+        "model.diffusion_model.input_blocks.0.0.weight": (8, 9, 3, 3),
+        "conditioner.embedders.1.model.token_embedding.weight": (4, 4)})
+    assert inspect_checkpoint(path) == (9, "float16")

@@ -1,0 +1,107 @@
+"""Single-file SDXL checkpoints (the original Stability layout, one .safetensors file).
+
+They are converted once, with diffusers' own converter (``from_single_file``) against the SDXL configs
+shipped in this package (so nothing is fetched), into a diffusers folder in the cache directory named by
+the file's content fingerprint. Every later run loads components lazily from that folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+from nodegraph.cache import default_cache_dir
+from nodes.sources import ModelSource, SourceError
+
+logger = logging.getLogger(__name__)
+
+UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
+CLIP_L_TOKENS = "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight"
+CLIP_G_MARKER = "conditioner.embedders.1.model.token_embedding.weight"
+
+
+def inspect_checkpoint(path: Path) -> tuple[int, str]:
+    """(UNet input channels, weight dtype) of an original-layout SDXL file, from its header alone."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            if UNET_IN not in keys:
+                raise SourceError(f"{path}: not an SDXL checkpoint in the original layout (no {UNET_IN!r}); "
+                                  "for a diffusers folder pass the folder instead")
+            if CLIP_G_MARKER not in keys:
+                raise SourceError(f"{path}: has no second text encoder (OpenCLIP ViT-bigG), so it is not SDXL "
+                                  "(Stable Diffusion 1.x/2.x checkpoints are not supported)")
+            weight = f.get_slice(UNET_IN)
+            shape, dtype = weight.get_shape(), weight.get_dtype()
+    except SourceError:
+        raise
+    except Exception as exc:
+        raise SourceError(f"{path}: cannot read the safetensors header ({exc}); the file is corrupt or truncated") \
+            from None
+    channels = int(shape[1])
+    if channels not in (4, 9):
+        raise SourceError(f"{path}: UNet has {channels} input channels; SDXL inpainting needs 4 (base model, "
+                          "blended) or 9 (inpainting model)")
+    return channels, {"F16": "float16", "BF16": "bfloat16"}.get(dtype, "float32")
+
+
+def _config_folder(folder: Path, in_channels: int) -> None:
+    """A diffusers-layout folder of configs and tokenizers for from_single_file(config=...)."""
+    from nodes.tiny import sdxl_configs
+    from nodes.vocab import write_clip_tokenizer
+
+    configs = sdxl_configs(in_channels)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "config.json").write_text(json.dumps(configs[name], indent=2))
+    (folder / "scheduler").mkdir()
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(configs["scheduler"], indent=2))
+    write_clip_tokenizer(folder / "tokenizer")
+    write_clip_tokenizer(folder / "tokenizer_2", pad_token="!")
+    pipeline = "StableDiffusionXLInpaintPipeline" if in_channels == 9 else "StableDiffusionXLPipeline"
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": pipeline, "force_zeros_for_empty_prompt": True, "requires_aesthetics_score": False,
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"]}, indent=2))
+
+
+def convert_single_file(src: ModelSource) -> ModelSource:
+    """The diffusers folder for a single-file checkpoint, converting it on first use."""
+    import torch
+    from diffusers import StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
+
+    target = default_cache_dir() / "converted" / src.fingerprint
+    if (target / "model_index.json").is_file():
+        return ModelSource(str(target), "diffusers", src.fingerprint)
+    path = Path(src.path)
+    in_channels, dtype = inspect_checkpoint(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        _config_folder(work / "config", in_channels)
+        logger.warning("converting %s to diffusers format once (cached in %s)", path, target)
+        cls = StableDiffusionXLInpaintPipeline if in_channels == 9 else StableDiffusionXLPipeline
+        pipe = cls.from_single_file(str(path), config=str(work / "config"), local_files_only=True,
+                                    torch_dtype=getattr(torch, dtype))
+        pipe.save_pretrained(work / "model", safe_serialization=True)
+        del pipe
+        (work / "model" / "SOURCE.txt").write_text(f"converted from {path} (content {src.fingerprint})\n")
+        if not target.exists():
+            (work / "model").rename(target)
+    except SourceError:
+        raise
+    except FileNotFoundError as exc:
+        raise SourceError(str(exc)) from None
+    except Exception as exc:
+        raise SourceError(f"{path}: could not convert this single-file checkpoint: {exc}") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ModelSource(str(target), "diffusers", src.fingerprint)
