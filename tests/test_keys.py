@@ -32,8 +32,9 @@ def test_everything_that_changes_an_output_changes_the_key():
 
 
 def test_keys_are_stable_across_processes():
-    code = ("import sys; sys.path.insert(0, %r); from nodegraph.keys import node_key; "
-            "print(node_key('T', 1, {'x': 'y', 'n': 3}, {'i': ('k', 'o')}))") % str(Path(__file__).parent.parent)
+    root = str(Path(__file__).parent.parent)
+    code = (f"import sys; sys.path.insert(0, {root!r}); from nodegraph.keys import node_key; "
+            "print(node_key('T', 1, {'x': 'y', 'n': 3}, {'i': ('k', 'o')}))")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={"PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2)}
     assert len(outs) == 1 and len(outs.pop().strip()) == 40
