@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from nodegraph.cache import DEFAULT_DISK_BYTES, DiskCache, default_cache_dir, parse_size
@@ -87,6 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except WorkflowError as err:
         _print_issues(err, False)
         return EXIT_INVALID
+    if args.cache_dir:  # everything kept between runs moves with it (entries, built-in models, fingerprints)
+        os.environ["NODEGRAPH_CACHE_DIR"] = str(Path(args.cache_dir).expanduser().resolve())
     disk = None if args.no_cache else DiskCache(args.cache_dir, parse_size(args.cache_size))
     engine = Engine(disk=disk)
     cancel = CancelToken()
@@ -193,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="outputs", help="where output nodes write (default: ./outputs)")
     p.add_argument("--report", metavar="REPORT.json", help="write the run report here")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
-    p.add_argument("--cache-dir", default=None, help=f"disk cache directory (default: {default_cache_dir()})")
+    p.add_argument("--cache-dir", default=None,
+                   help=f"cache directory for results, built-in models and fingerprints (default: {default_cache_dir()})")
     p.add_argument("--cache-size", default=str(DEFAULT_DISK_BYTES), help="disk cache cap, e.g. 10GiB")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the disk cache")
     p.set_defaults(func=cmd_run)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,8 @@ from nodegraph.workflow import atomic_write_bytes
 from nodes.image import Size, check_same_size
 from nodes.models import VaeHandle, manager
 from nodes.payloads import Image, Latent, Mask
+
+logger = logging.getLogger(__name__)
 
 
 def binarize(mask: torch.Tensor) -> torch.Tensor:
@@ -115,9 +118,27 @@ def VAEDecode(vae: VaeHandle, latent: Latent, ctx: RunContext) -> torch.Tensor:
         for i in range(latent.samples.shape[0]):  # one at a time: peak memory of one image
             ctx.check_cancelled()
             z = latent.samples[i: i + 1].to(vae.ref.device, dtype) / vae.scaling_factor
-            x = model.decode(z, return_dict=False)[0]
+            x = decode_with_fallback(model, z)
             images.append((x / 2 + 0.5).clamp(0, 1).float().cpu())
     return torch.cat(images).permute(0, 2, 3, 1).contiguous()
+
+
+def decode_with_fallback(model: Any, z: torch.Tensor) -> torch.Tensor:
+    """Decode; if that runs out of memory, decode again in tiles (slower, a little different at seams)."""
+    try:
+        return model.decode(z, return_dict=False)[0]
+    except torch.OutOfMemoryError:
+        if getattr(model, "use_tiling", False):
+            raise
+        logger.warning("VAE decode of a %dx%d latent ran out of memory; retrying with tiled decoding",
+                       z.shape[-1], z.shape[-2])
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        model.enable_tiling()
+        try:
+            return model.decode(z, return_dict=False)[0]
+        finally:
+            model.disable_tiling()
 
 
 @node(category="latent", version=1, output=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +19,22 @@ from typing import Any, Literal
 import torch
 
 from nodegraph import RunContext, node, rename_mapping
+from nodegraph.cache import default_cache_dir, parse_size
+from nodes.memory import (
+    QUANTIZED_COMPONENTS,
+    Attention,
+    MemoryOptions,
+    Offload,
+    Quantize,
+    configure,
+    load_quantized,
+    module_bytes,
+    nf4_config,
+    option_problems,
+    place,
+    quantize_module,
+    save_quantized,
+)
 from nodes.sources import ModelSource, SourceError, resolve
 
 logger = logging.getLogger(__name__)
@@ -33,6 +51,7 @@ class ModelRef:
     source: ModelSource
     dtype: str  # resolved: float32 | float16 | bfloat16
     device: str  # resolved: cpu | cuda | cuda:N | mps
+    options: MemoryOptions = MemoryOptions()
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -68,23 +87,59 @@ class VaeHandle:
 
 
 class ModelManager:
-    """Loaded components by (content fingerprint, component, dtype, device): one copy per process."""
+    """Loaded components, one copy per process, kept under an optional memory budget.
 
-    def __init__(self) -> None:
-        self._loaded: dict[tuple[str, str, str, str], Any] = {}
+    Components are keyed by (content fingerprint, component, dtype, device, options). With a budget
+    (``NODEGRAPH_MODEL_BUDGET``, e.g. ``6GiB``), loading a component first unloads the least recently
+    used others until it fits. With ``offload='model'`` only the component in use stays on the GPU.
+    """
+
+    def __init__(self, budget_bytes: int | None = None) -> None:
+        if budget_bytes is None and os.environ.get("NODEGRAPH_MODEL_BUDGET"):
+            budget_bytes = parse_size(os.environ["NODEGRAPH_MODEL_BUDGET"])
+        self.budget_bytes = budget_bytes
+        self._loaded: OrderedDict[tuple[Any, ...], tuple[Any, int, Any]] = OrderedDict()
+        self.unloaded: list[str] = []
 
     def __len__(self) -> int:
         return len(self._loaded)
 
+    @property
+    def bytes(self) -> int:
+        return sum(size for _, size, _ in self._loaded.values())
+
+    def loaded_components(self) -> list[str]:
+        return [key[1] for key in self._loaded]
+
     def get(self, ref: ModelRef, component: str, ctx: RunContext | None = None) -> Any:
-        key = (ref.source.fingerprint, component, ref.dtype, ref.device)
-        model = self._loaded.get(key)
-        if model is None:
+        key = (ref.source.fingerprint, component, ref.dtype, ref.device, ref.options)
+        entry = self._loaded.get(key)
+        if entry is None:
             model = load_component(ref, component)
-            self._loaded[key] = model
+            self._make_room(module_bytes(model), keep=key)  # before it reaches the device
+            model, hook = place(model, component, ref.device, ref.options)
+            model = configure(model, component, ref.options)
+            entry = (model, module_bytes(model), hook)
+            self._loaded[key] = entry
             if ctx is not None:
                 ctx.record_loaded(component)
-        return model
+        self._loaded.move_to_end(key)
+        if ref.options.offload == "model":  # one component on the GPU at a time
+            for other, (_, _, hook) in self._loaded.items():
+                if other != key and hook is not None:
+                    hook.offload()
+        return entry[0]
+
+    def _make_room(self, size: int, keep: tuple[Any, ...]) -> None:
+        if self.budget_bytes is None:
+            return
+        while self._loaded and self.bytes + size > self.budget_bytes:
+            victim = next(k for k in self._loaded if k != keep)
+            del self._loaded[victim]
+            self.unloaded.append(victim[1])
+            logger.info("model budget: unloaded %s to make room", victim[1])
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     def unload_all(self) -> None:
         self._loaded.clear()
@@ -130,42 +185,63 @@ def _load_vae_half(ref: ModelRef, half: Literal["encoder", "decoder"]) -> Any:
         vae.load_state_dict(state, strict=False, assign=True)
         wanted = [m for name, m in vae.named_children() if name in parts]
         if all(p.device.type != "meta" for m in wanted for p in m.parameters()):
-            for m in wanted:
-                m.to(device=ref.device, dtype=ref.torch_dtype)
-            return vae.eval().requires_grad_(False)
+            other = ("decoder", "post_quant_conv") if half == "encoder" else ("encoder", "quant_conv")
+            for name in other:  # the half we did not read: gone, not left on the meta device
+                setattr(vae, name, None)
+            return vae.to(dtype=ref.torch_dtype).eval().requires_grad_(False)
         logger.debug("VAE weights use legacy names; loading the whole VAE")
     vae = AutoencoderKL.from_pretrained(ref.source.path, subfolder="vae", torch_dtype=ref.torch_dtype,
                                         variant=ref.source.variant, use_safetensors=True)
-    return vae.to(ref.device).eval().requires_grad_(False)
+    return vae.eval().requires_grad_(False)
 
 
 def load_component(ref: ModelRef, component: str) -> Any:
-    """Read one component from disk (safetensors only) and place it."""
+    """Read one component from disk (safetensors only), on the CPU; ModelManager places it."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     if ref.source.kind != "diffusers":
         raise SourceError(f"{ref.source.path}: single-file checkpoints must be converted first")
     path, variant = ref.source.path, ref.source.variant
+    quantize = ref.options.quantize if component in QUANTIZED_COMPONENTS else "none"
+    extra: dict[str, Any] = {}
+    if quantize == "nf4":
+        extra["quantization_config"] = nf4_config("diffusers" if component == "unet" else "transformers")
+    kept = None
+    if component == "unet" and quantize in ("int8", "fp8"):
+        # The UNet's quantized weights are kept on disk, so a later load never holds the full-precision copy.
+        kept = default_cache_dir() / "quantized" / f"{ref.source.fingerprint}-unet-{ref.dtype}-{quantize}"
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            empty = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(path, subfolder="unet"))
+        model = load_quantized(empty.to(ref.torch_dtype), kept, ref.device, quantize)
+        if model is not None:
+            return model
     try:
         if component in ("tokenizer", "tokenizer_2"):
             return CLIPTokenizer.from_pretrained(path, subfolder=component)
         if component == "unet":
             model = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=ref.torch_dtype,
-                                                         variant=variant, use_safetensors=True)
+                                                         variant=variant, use_safetensors=True, **extra)
         elif component == "text_encoder":
             model = CLIPTextModel.from_pretrained(path, subfolder=component, dtype=ref.torch_dtype,
-                                                  variant=variant, use_safetensors=True)
+                                                  variant=variant, use_safetensors=True, **extra)
         elif component == "text_encoder_2":
             model = CLIPTextModelWithProjection.from_pretrained(path, subfolder=component, dtype=ref.torch_dtype,
-                                                                variant=variant, use_safetensors=True)
+                                                                variant=variant, use_safetensors=True, **extra)
         elif component in ("vae_encoder", "vae_decoder"):
             return _load_vae_half(ref, "encoder" if component == "vae_encoder" else "decoder")
         else:
             raise ValueError(f"unknown model component {component!r}")
     except OSError as exc:
         raise SourceError(f"{path}: cannot load {component}: {exc}") from exc
-    return model.to(ref.device).eval().requires_grad_(False)
+    model = model.eval().requires_grad_(False)
+    if quantize in ("int8", "fp8"):
+        model = quantize_module(model.to(ref.device), quantize)
+        if kept is not None:
+            save_quantized(model, kept)
+    return model
 
 
 def resolve_device(device: str) -> str:
@@ -191,8 +267,18 @@ def _source_fingerprint(source: str, variant: str | None = None, **_: Any) -> st
     return resolve(source, variant).fingerprint
 
 
-@node(category="loaders", version=1, outputs={"unet": UNetHandle, "clip": ClipHandle, "vae": VaeHandle},
-      fingerprint=_source_fingerprint, content_inputs=("source",), always_run=True,
+def _check_options(device: str = "auto", offload: str = "none", attention: str = "sdpa", vae_tiling: bool = False,
+                   vae_slicing: bool = False, quantize: str = "none", **_: Any) -> list[tuple[str | None, str]]:
+    problems: list[tuple[str | None, str]] = []
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        problems.append(("device", "device 'cuda' was requested but this machine has no CUDA device"))
+    options = MemoryOptions(offload, attention, vae_tiling, vae_slicing, quantize)  # type: ignore[arg-type]
+    problems.extend(option_problems(options, device))
+    return problems
+
+
+@node(category="loaders", version=2, outputs={"unet": UNetHandle, "clip": ClipHandle, "vae": VaeHandle},
+      fingerprint=_source_fingerprint, content_inputs=("source",), always_run=True, check=_check_options,
       comfy=rename_mapping("CheckpointLoaderSimple", "LoadCheckpoint", {"ckpt_name": "source"},
                            ("unet", "clip", "vae")))
 def LoadCheckpoint(
@@ -200,12 +286,20 @@ def LoadCheckpoint(
     dtype: DType = "auto",
     device: Device = "auto",
     variant: str | None = None,
+    offload: Offload = "none",
+    attention: Attention = "sdpa",
+    vae_tiling: bool = False,
+    vae_slicing: bool = False,
+    quantize: Quantize = "none",
 ) -> tuple[UNetHandle, ClipHandle, VaeHandle]:
     """Load an SDXL checkpoint lazily: returns handles; weights are read when a node first needs them.
 
     source: a diffusers folder, a .safetensors file, a hub id (e.g. diffusers/stable-diffusion-xl-1.0-inpainting-0.1),
     or builtin:tiny-sdxl-inpaint / builtin:tiny-sdxl (random weights, for tests and demos).
     dtype auto: float16 on CUDA with the VAE kept in float32 (it overflows in float16); float32 on CPU.
+    Memory options (docs/memory.md): offload none|model|sequential|group (CUDA), attention sdpa|sliced,
+    vae_tiling, vae_slicing, quantize none|int8|fp8 (optimum-quanto, CPU too)|nf4 (bitsandbytes, CUDA)
+    for the UNet and both text encoders.
     """
     src = resolve(source, variant)
     if src.kind == "single_file":
@@ -226,12 +320,13 @@ def LoadCheckpoint(
     if vae_dtype == "float16" and vae_cfg.get("force_upcast", True):
         vae_dtype = "float32"  # SDXL's VAE overflows in float16; diffusers upcasts it for the same reason
     vae_scale = 2 ** (len(vae_cfg.get("block_out_channels", [0, 0, 0, 0])) - 1)
+    options = MemoryOptions(offload, attention, vae_tiling, vae_slicing, quantize)
     unet = UNetHandle(
-        ModelRef(src, model_dtype, dev), in_channels, vae_scale,
+        ModelRef(src, model_dtype, dev, options), in_channels, vae_scale,
         bool(index.get("force_zeros_for_empty_prompt", True)), bool(index.get("requires_aesthetics_score", False)),
         unet_cfg.get("time_cond_proj_dim"), int(unet_cfg.get("addition_time_embed_dim") or 256),
         json.dumps(sched_cfg, sort_keys=True))
-    clip = ClipHandle(ModelRef(src, model_dtype, dev))
-    vae = VaeHandle(ModelRef(src, vae_dtype, dev), float(vae_cfg.get("scaling_factor", 0.13025)), vae_scale,
+    clip = ClipHandle(ModelRef(src, model_dtype, dev, options))
+    vae = VaeHandle(ModelRef(src, vae_dtype, dev, options), float(vae_cfg.get("scaling_factor", 0.13025)), vae_scale,
                     bool(vae_cfg.get("force_upcast", True)))
     return unet, clip, vae

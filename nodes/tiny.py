@@ -15,9 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from nodes.vocab import byte_alphabet
+
 TINY_SEED = 0
 BUILTINS = {"tiny-sdxl-inpaint": 9, "tiny-sdxl": 4}
-BUILD_VERSION = 1  # bump when the tiny architecture changes (changes the built-in folder name)
+BUILD_VERSION = 2  # bump when the tiny model changes (architecture, vocabulary): renames the built-in folder
 
 SDXL_SCHEDULER = {
     "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
@@ -27,21 +29,6 @@ SDXL_SCHEDULER = {
 }
 
 
-def _bytes_to_unicode() -> list[str]:
-    """CLIP's byte-level alphabet: each byte as a printable character (the GPT-2 convention)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    order = sorted(range(256), key=lambda i: printable[i])
-    return [chr(codes[i]) for i in order]
-
-
 TINY_MERGES = [("t", "h"), ("th", "e</w>"), ("a", "t</w>"), ("c", "at</w>"), ("o", "f</w>"), ("r", "e"),
                ("re", "d</w>"), ("i", "n"), ("a", "n"), ("o", "n</w>")]
 
@@ -49,7 +36,7 @@ TINY_MERGES = [("t", "h"), ("th", "e</w>"), ("a", "t</w>"), ("c", "at</w>"), ("o
 def write_tiny_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> int:
     """vocab.json + merges.txt for a byte-level CLIP BPE; returns the vocabulary size."""
     folder.mkdir(parents=True, exist_ok=True)
-    alphabet = _bytes_to_unicode()
+    alphabet = byte_alphabet()
     vocab: dict[str, int] = {}
     for ch in alphabet:
         vocab[ch] = len(vocab)
@@ -194,8 +181,8 @@ def make_full_size_model(folder: str | os.PathLike[str], in_channels: int = 9, s
                          dtype: str = "float16") -> Path:
     """A random-weight model with the real SDXL architecture (about 2.6 B UNet parameters), for benchmarks.
 
-    Tokenizers are the tiny byte-level ones (ids fit the real 49,408-entry embedding tables); the memory
-    and time figures do not depend on the vocabulary.
+    Tokenizers use the real CLIP vocabulary when it is installed (nodes.vocab), else the tiny byte-level
+    one (its ids fit the real 49,408-entry embedding tables; memory and time do not depend on it).
     """
     import torch
     from accelerate import init_empty_weights
@@ -211,8 +198,13 @@ def make_full_size_model(folder: str | os.PathLike[str], in_channels: int = 9, s
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        for sub in ("tokenizer", "tokenizer_2"):
-            write_tiny_tokenizer(work / sub)
+        from nodes.vocab import find_clip_bpe, write_clip_tokenizer
+
+        for sub, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
+            if find_clip_bpe() is not None:
+                write_clip_tokenizer(work / sub, pad_token=pad)
+            else:
+                write_tiny_tokenizer(work / sub)
         for sub, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
             cfg = {k: v for k, v in configs[sub].items() if k != "architectures"}
             with init_empty_weights():

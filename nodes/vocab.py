@@ -18,7 +18,7 @@ VOCAB_SIZE = 49408
 _MERGES = VOCAB_SIZE - 256 * 2 - 2  # the byte alphabet twice (plain and end-of-word), plus 2 specials
 
 
-def _byte_alphabet() -> list[str]:
+def byte_alphabet() -> list[str]:
     """CLIP's byte -> printable character table, in CLIP's own order (printable bytes first)."""
     order = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
         list(range(ord("®"), ord("ÿ") + 1))
@@ -53,7 +53,7 @@ def write_clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> None
             "`pip install --no-deps open-clip-torch` or set NODEGRAPH_CLIP_BPE to the file")
     lines = gzip.open(bpe, "rt", encoding="utf-8").read().split("\n")
     merges = [tuple(line.split()) for line in lines[1:1 + _MERGES]]
-    alphabet = _byte_alphabet()
+    alphabet = byte_alphabet()
     tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     folder.mkdir(parents=True, exist_ok=True)

@@ -130,3 +130,12 @@ def test_ctrl_c_exits_130_and_leaves_no_output(tmp_path):
     assert proc.returncode == 130, err
     assert not (tmp_path / "out").exists()
     assert json.loads((tmp_path / "r.json").read_text())["error"]["interrupted"] is True
+
+
+def test_engine_imports_without_torch():
+    """The engine knows nothing about diffusion: importing it (and its CLI) must not import torch."""
+    root = str(Path(__file__).resolve().parent.parent)
+    code = (f"import sys; sys.path.insert(0, {root!r}); import nodegraph, nodegraph.cli, nodegraph.schema; "
+            "assert 'torch' not in sys.modules and 'nodes' not in sys.modules, sorted(sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]

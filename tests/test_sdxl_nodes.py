@@ -346,3 +346,16 @@ def test_header_inspection_reads_channels_and_dtype(tmp_path):
         "model.diffusion_model.input_blocks.0.0.weight": (8, 9, 3, 3),
         "conditioner.embedders.1.model.token_embedding.weight": (4, 4)})
     assert inspect_checkpoint(path) == (9, "float16")
+
+
+def test_real_clip_vocabulary_gives_clips_token_ids(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from nodes.vocab import find_clip_bpe, write_clip_tokenizer
+
+    assert find_clip_bpe() is not None, "install the vocabulary: pip install --no-deps open-clip-torch"
+    write_clip_tokenizer(tmp_path / "tok")
+    tokenizer = CLIPTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert len(tokenizer) == 49408
+    # OpenAI CLIP's ids for this sentence: <start> a photo of a cat <end>
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]

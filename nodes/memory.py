@@ -1,0 +1,176 @@
+"""Memory options for loaded components: offload, quantization, attention slicing, VAE tiling/slicing.
+
+Each option keeps the reference behaviour reachable (all off by default) and says clearly when this
+machine cannot do it: offload and bitsandbytes need CUDA, quanto's int8/fp8 need optimum-quanto.
+See docs/memory.md for what each option saves and costs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+Offload = Literal["none", "model", "sequential", "group"]
+Attention = Literal["sdpa", "sliced"]
+Quantize = Literal["none", "int8", "nf4", "fp8"]
+QUANTIZED_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    offload: Offload = "none"
+    attention: Attention = "sdpa"
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    quantize: Quantize = "none"
+
+
+def option_problems(options: MemoryOptions, device: str) -> list[tuple[str, str]]:
+    """(input, why) for each option this machine cannot run; checked before anything runs."""
+    cuda = torch.cuda.is_available()
+    on_cpu = device == "cpu" or (device == "auto" and not cuda)
+    problems = []
+    if options.offload != "none" and (not cuda or on_cpu):
+        problems.append(("offload", f"offload={options.offload!r} moves weights between CPU and a CUDA device; "
+                                    "this machine has no CUDA device (use offload='none')"))
+    if options.quantize == "nf4":
+        if not cuda or on_cpu:
+            problems.append(("quantize", "quantize='nf4' uses bitsandbytes, which needs a CUDA device; on CPU use "
+                                         "quantize='int8' (optimum-quanto)"))
+        elif importlib.util.find_spec("bitsandbytes") is None:
+            problems.append(("quantize", "quantize='nf4' needs bitsandbytes: pip install bitsandbytes"))
+    if options.quantize in ("int8", "fp8"):
+        if importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.quanto") is None:
+            problems.append(("quantize", f"quantize={options.quantize!r} needs optimum-quanto: "
+                                         "pip install optimum-quanto"))
+        if options.offload != "none":
+            problems.append(("quantize", f"quantize={options.quantize!r} cannot be combined with offload: quanto's "
+                                         "quantized weights cannot be moved between devices by offload hooks"))
+    return problems
+
+
+def quantize_module(model: Any, how: str) -> Any:
+    """Weight-only quantization with optimum-quanto (int8 or float8 weights, activations unchanged),
+    in place on the device the weights are on (quanto's frozen weights cannot be moved afterwards)."""
+    from optimum.quanto import freeze, qfloat8, qint8, quantize
+
+    quantize(model, weights={"int8": qint8, "fp8": qfloat8}[how])
+    freeze(model)
+    model.nodegraph_quantized = how
+    return model
+
+
+def save_quantized(model: Any, folder: Path) -> None:
+    """Keep quanto weights on disk (safetensors + the quantization map) so later loads skip the
+    full-precision copy. Written to a temp folder and renamed: a crash never leaves half an entry."""
+    from optimum.quanto import quantization_map
+    from safetensors.torch import save_file
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(work / "weights.safetensors"))
+        (work / "quantization_map.json").write_text(json.dumps(quantization_map(model)))
+        if not folder.exists():
+            os.replace(work, folder)
+    except OSError as exc:
+        logger.warning("could not keep quantized weights in %s: %s", folder, exc)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def load_quantized(empty_model: Any, folder: Path, device: str, how: str) -> Any | None:
+    """Materialise a meta-device model from kept quanto weights; None when there are none (or bad ones)."""
+    from optimum.quanto import requantize
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(folder / "weights.safetensors"))
+        qmap = json.loads((folder / "quantization_map.json").read_text())
+    except (OSError, ValueError) as exc:
+        if folder.exists():
+            logger.warning("ignoring unreadable quantized weights in %s (%s)", folder, exc)
+        return None
+    requantize(empty_model, state, qmap, device=torch.device(device))
+    missing = set(empty_model.state_dict()) - set(state)
+    if missing:  # requantize loads non-strictly: anything missing would be uninitialised memory
+        logger.warning("quantized weights in %s lack %d tensors; re-quantizing", folder, len(missing))
+        return None
+    empty_model.nodegraph_quantized = how
+    return empty_model.eval().requires_grad_(False)
+
+
+def nf4_config(library: Literal["diffusers", "transformers"]) -> Any:
+    """bitsandbytes 4-bit NF4 config for from_pretrained (weights quantized while loading)."""
+    if library == "diffusers":
+        from diffusers import BitsAndBytesConfig
+    else:
+        from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16)
+
+
+def place(model: Any, component: str, device: str, options: MemoryOptions) -> tuple[Any, Any]:
+    """Put a loaded component where it runs; returns (model, hook) where hook can move it off the GPU."""
+    if not isinstance(model, torch.nn.Module):  # tokenizers live nowhere in particular
+        return model, None
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "nodegraph_quantized", None):
+        return model, None  # quantized where it runs (bitsandbytes while loading; quanto in place)
+    if options.offload == "none" or device == "cpu":
+        return model.to(device), None
+    if options.offload == "model":
+        from accelerate import cpu_offload_with_hook
+
+        model, hook = cpu_offload_with_hook(model.to("cpu"), execution_device=torch.device(device))
+        return model, hook
+    if options.offload == "sequential":
+        from accelerate import cpu_offload
+
+        cpu_offload(model.to("cpu"), execution_device=torch.device(device))
+        return model, None
+    from diffusers.hooks import apply_group_offloading
+
+    apply_group_offloading(model.to("cpu"), onload_device=torch.device(device), offload_type="block_level",
+                           num_blocks_per_group=1)
+    return model, None
+
+
+def configure(model: Any, component: str, options: MemoryOptions) -> Any:
+    """Options that change how a placed component computes: attention slicing, VAE tiling and slicing."""
+    if component == "unet" and options.attention == "sliced":
+        logger.warning("attention='sliced' computes attention in slices to cut peak memory; with PyTorch's SDPA "
+                       "this mostly costs time (use it only when attention itself runs out of memory)")
+        model.set_attention_slice("auto")
+    if component in ("vae_encoder", "vae_decoder"):
+        if options.vae_tiling:
+            model.enable_tiling()
+        if options.vae_slicing:
+            model.enable_slicing()
+    return model
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    # quanto's quantized weights are tensor subclasses that report their float dtype; count what they hold
+    inner = [getattr(t, name) for name in ("_data", "_scale", "_shift") if isinstance(getattr(t, name, None),
+                                                                                     torch.Tensor)]
+    if inner:
+        return sum(_tensor_bytes(x) for x in inner)
+    return 0 if t.device.type == "meta" else t.numel() * t.element_size()
+
+
+def module_bytes(model: Any) -> int:
+    """Bytes held by a module's parameters and buffers (0 for tokenizers)."""
+    if not isinstance(model, torch.nn.Module):
+        return 0
+    return sum(_tensor_bytes(t) for t in list(model.parameters()) + list(model.buffers()))
