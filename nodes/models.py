@@ -263,8 +263,9 @@ def resolve_dtypes(dtype: str, device: str) -> tuple[str, str]:
     return dtype, dtype
 
 
-def _source_fingerprint(source: str, variant: str | None = None, **_: Any) -> str:
-    return resolve(source, variant).fingerprint
+def _source_fingerprint(source: str, variant: str | None = None, config: str | None = None, **_: Any) -> str:
+    digest = resolve(source, variant).fingerprint
+    return digest if config is None else f"{digest}+{resolve(config).fingerprint}"
 
 
 def _check_options(device: str = "auto", offload: str = "none", attention: str = "sdpa", vae_tiling: bool = False,
@@ -278,7 +279,7 @@ def _check_options(device: str = "auto", offload: str = "none", attention: str =
 
 
 @node(category="loaders", version=2, outputs={"unet": UNetHandle, "clip": ClipHandle, "vae": VaeHandle},
-      fingerprint=_source_fingerprint, content_inputs=("source",), always_run=True, check=_check_options,
+      fingerprint=_source_fingerprint, content_inputs=("source", "config"), always_run=True, check=_check_options,
       comfy=rename_mapping("CheckpointLoaderSimple", "LoadCheckpoint", {"ckpt_name": "source"},
                            ("unet", "clip", "vae")))
 def LoadCheckpoint(
@@ -291,6 +292,7 @@ def LoadCheckpoint(
     vae_tiling: bool = False,
     vae_slicing: bool = False,
     quantize: Quantize = "none",
+    config: str | None = None,
 ) -> tuple[UNetHandle, ClipHandle, VaeHandle]:
     """Load an SDXL checkpoint lazily: returns handles; weights are read when a node first needs them.
 
@@ -299,13 +301,16 @@ def LoadCheckpoint(
     dtype auto: float16 on CUDA with the VAE kept in float32 (it overflows in float16); float32 on CPU.
     Memory options (docs/memory.md): offload none|model|sequential|group (CUDA), attention sdpa|sliced,
     vae_tiling, vae_slicing, quantize none|int8|fp8 (optimum-quanto, CPU too)|nf4 (bitsandbytes, CUDA)
-    for the UNet and both text encoders.
+    for the UNet and both text encoders. config: for a single-file checkpoint of another architecture than
+    SDXL 1.0, a diffusers folder (or hub id) whose configs and tokenizers describe it.
     """
     src = resolve(source, variant)
     if src.kind == "single_file":
         from nodes.single_file import convert_single_file
 
-        src = convert_single_file(src)
+        src = convert_single_file(src, resolve(config) if config is not None else None)
+    elif config is not None:
+        raise SourceError(f"config={config!r} only applies to single-file checkpoints; {source} is a folder")
     folder = Path(src.path)
     index = _read_json(folder / "model_index.json") if (folder / "model_index.json").is_file() else {}
     unet_cfg = _read_json(folder / "unet" / "config.json")

@@ -73,27 +73,36 @@ def _config_folder(folder: Path, in_channels: int) -> None:
         "scheduler": ["diffusers", "EulerDiscreteScheduler"]}, indent=2))
 
 
-def convert_single_file(src: ModelSource) -> ModelSource:
-    """The diffusers folder for a single-file checkpoint, converting it on first use."""
+def convert_single_file(src: ModelSource, config: ModelSource | None = None) -> ModelSource:
+    """The diffusers folder for a single-file checkpoint, converting it on first use.
+
+    config: a diffusers folder whose configs and tokenizers describe the file's architecture; by default
+    the SDXL 1.0 configs shipped in this package, with the real CLIP tokenizers (nodes.vocab).
+    """
     import torch
     from diffusers import StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
 
-    target = default_cache_dir() / "converted" / src.fingerprint
+    name = src.fingerprint if config is None else f"{src.fingerprint}-{config.fingerprint[:16]}"
+    target = default_cache_dir() / "converted" / name
+    fingerprint = src.fingerprint if config is None else name
     if (target / "model_index.json").is_file():
-        return ModelSource(str(target), "diffusers", src.fingerprint)
+        return ModelSource(str(target), "diffusers", fingerprint)
     path = Path(src.path)
     in_channels, dtype = inspect_checkpoint(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        _config_folder(work / "config", in_channels)
+        if config is None:
+            _config_folder(work / "config", in_channels)
+        config_dir = str(work / "config") if config is None else config.path
         logger.warning("converting %s to diffusers format once (cached in %s)", path, target)
         cls = StableDiffusionXLInpaintPipeline if in_channels == 9 else StableDiffusionXLPipeline
-        pipe = cls.from_single_file(str(path), config=str(work / "config"), local_files_only=True,
+        pipe = cls.from_single_file(str(path), config=config_dir, local_files_only=True,
                                     torch_dtype=getattr(torch, dtype))
         pipe.save_pretrained(work / "model", safe_serialization=True)
         del pipe
-        (work / "model" / "SOURCE.txt").write_text(f"converted from {path} (content {src.fingerprint})\n")
+        (work / "model" / "SOURCE.txt").write_text(f"converted from {path} (content {src.fingerprint}) with "
+                                                   f"configs from {config_dir if config else 'the shipped SDXL 1.0'}\n")
         if not target.exists():
             (work / "model").rename(target)
     except SourceError:
@@ -104,4 +113,4 @@ def convert_single_file(src: ModelSource) -> ModelSource:
         raise SourceError(f"{path}: could not convert this single-file checkpoint: {exc}") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return ModelSource(str(target), "diffusers", src.fingerprint)
+    return ModelSource(str(target), "diffusers", fingerprint)

@@ -61,14 +61,15 @@ def tiny_configs(in_channels: int) -> dict[str, dict[str, Any]]:
             "num_hidden_layers": 5, "hidden_act": "gelu", "max_position_embeddings": 77}
     return {
         "text_encoder": {**text, "projection_dim": 32},
-        "text_encoder_2": {**text, "projection_dim": 32},
+        # A different width from encoder 1, as in SDXL (768 vs 1280): single-file loaders tell them apart by it.
+        "text_encoder_2": {**text, "hidden_size": 48, "projection_dim": 32},
         "unet": {
             "sample_size": 8, "in_channels": in_channels, "out_channels": 4, "layers_per_block": 1,
             "block_out_channels": [32, 64], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "attention_head_dim": [2, 4],
             "use_linear_projection": True, "addition_embed_type": "text_time", "addition_time_embed_dim": 8,
             "transformer_layers_per_block": [1, 1], "projection_class_embeddings_input_dim": 6 * 8 + 32,
-            "cross_attention_dim": 64, "norm_num_groups": 8,
+            "cross_attention_dim": 32 + 48, "norm_num_groups": 8,
         },
         "vae": {
             "block_out_channels": [8, 16, 16, 16], "in_channels": 3, "out_channels": 3, "latent_channels": 4,

@@ -359,3 +359,31 @@ def test_real_clip_vocabulary_gives_clips_token_ids(tmp_path):
     assert len(tokenizer) == 49408
     # OpenAI CLIP's ids for this sentence: <start> a photo of a cat <end>
     assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def test_single_file_checkpoint_gives_the_same_images_as_its_folder(tiny_models, tmp_path):
+    """A tiny model written in the original single-file layout, converted with diffusers' converter (once,
+    then from the conversion cache), produces exactly the images of the diffusers folder it came from."""
+    from tests.original_layout import write_original_layout
+
+    single = write_original_layout(tiny_models[9], tmp_path / "tiny-inpaint.safetensors")
+    folder = run(inpaint_graph(str(tiny_models[9]), **FAST), tmp_path)["decode"]["image"]
+
+    def from_file() -> tuple[torch.Tensor, list[str]]:
+        g = inpaint_graph(str(single), **FAST)
+        g.set_input("checkpoint", "config", str(tiny_models[9]))  # the tiny architecture, not SDXL 1.0's
+        result = run(g, tmp_path)
+        return result["decode"]["image"], result.loaded
+
+    image, loaded = from_file()
+    assert torch.equal(image, folder)
+    assert "unet" in loaded
+    again, _ = from_file()  # from the converted folder kept in the cache
+    assert torch.equal(again, folder)
+
+
+def test_config_only_applies_to_single_files(tiny_models, tmp_path):
+    g = inpaint_graph(str(tiny_models[9]), **FAST)
+    g.set_input("checkpoint", "config", str(tiny_models[9]))
+    with pytest.raises(NodeExecutionError, match="only applies to single-file checkpoints"):
+        run(g, tmp_path)
