@@ -198,7 +198,10 @@ class Engine:
                 values[n] = by_key[k]
                 tier = "memory"
             elif tier == "memory":
-                values[n] = self.memory.get(k)
+                value = self.memory.get(k)
+                if value is None:  # evicted since planning, by a large entry this run added
+                    raise _Replan()
+                values[n] = value
             elif tier == "disk":
                 assert disk is not None
                 found, value = disk.get(k)
@@ -222,6 +225,10 @@ class Engine:
             try:
                 raw = spec.fn(**kwargs)
                 produced = _as_outputs(spec, raw)
+            except Interrupted:
+                report.update(status="interrupted", seconds=time.perf_counter() - t0)
+                listener.node_finished(n, "interrupted")
+                raise
             except Exception as exc:
                 report.update(status="failed", seconds=time.perf_counter() - t0)
                 listener.node_finished(n, "failed")

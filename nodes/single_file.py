@@ -23,8 +23,13 @@ CLIP_L_TOKENS = "conditioner.embedders.0.transformer.text_model.embeddings.token
 CLIP_G_MARKER = "conditioner.embedders.1.model.token_embedding.weight"
 
 
-def inspect_checkpoint(path: Path) -> tuple[int, str]:
-    """(UNet input channels, weight dtype) of an original-layout SDXL file, from its header alone."""
+VAE_OUT = "first_stage_model.decoder.conv_out.weight"
+DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+
+
+def inspect_checkpoint(path: Path) -> tuple[int, str, str]:
+    """(UNet input channels, UNet weight dtype, VAE weight dtype) of an original-layout SDXL file, read
+    from its header alone."""
     from safetensors import safe_open
 
     try:
@@ -38,6 +43,7 @@ def inspect_checkpoint(path: Path) -> tuple[int, str]:
                                   "(Stable Diffusion 1.x/2.x checkpoints are not supported)")
             weight = f.get_slice(UNET_IN)
             shape, dtype = weight.get_shape(), weight.get_dtype()
+            vae_dtype = f.get_slice(VAE_OUT).get_dtype() if VAE_OUT in keys else dtype
     except SourceError:
         raise
     except Exception as exc:
@@ -47,7 +53,7 @@ def inspect_checkpoint(path: Path) -> tuple[int, str]:
     if channels not in (4, 9):
         raise SourceError(f"{path}: UNet has {channels} input channels; SDXL inpainting needs 4 (base model, "
                           "blended) or 9 (inpainting model)")
-    return channels, {"F16": "float16", "BF16": "bfloat16"}.get(dtype, "float32")
+    return channels, DTYPES.get(dtype, "float32"), DTYPES.get(vae_dtype, "float32")
 
 
 def _config_folder(folder: Path, in_channels: int) -> None:
@@ -80,7 +86,7 @@ def convert_single_file(src: ModelSource, config: ModelSource | None = None) -> 
     the SDXL 1.0 configs shipped in this package, with the real CLIP tokenizers (nodes.vocab).
     """
     import torch
-    from diffusers import StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
+    from diffusers import AutoencoderKL, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
 
     name = src.fingerprint if config is None else f"{src.fingerprint}-{config.fingerprint[:16]}"
     target = default_cache_dir() / "converted" / name
@@ -88,7 +94,7 @@ def convert_single_file(src: ModelSource, config: ModelSource | None = None) -> 
     if (target / "model_index.json").is_file():
         return ModelSource(str(target), "diffusers", fingerprint)
     path = Path(src.path)
-    in_channels, dtype = inspect_checkpoint(path)
+    in_channels, dtype, vae_dtype = inspect_checkpoint(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
@@ -97,8 +103,13 @@ def convert_single_file(src: ModelSource, config: ModelSource | None = None) -> 
         config_dir = str(work / "config") if config is None else config.path
         logger.warning("converting %s to diffusers format once (cached in %s)", path, target)
         cls = StableDiffusionXLInpaintPipeline if in_channels == 9 else StableDiffusionXLPipeline
+        components = {}
+        if vae_dtype != dtype:  # many files keep the VAE in float32 (it overflows in float16): keep it so
+            components["vae"] = AutoencoderKL.from_single_file(str(path), config=config_dir, subfolder="vae",
+                                                               torch_dtype=getattr(torch, vae_dtype),
+                                                               local_files_only=True)
         pipe = cls.from_single_file(str(path), config=config_dir, local_files_only=True,
-                                    torch_dtype=getattr(torch, dtype))
+                                    torch_dtype=getattr(torch, dtype), **components)
         pipe.save_pretrained(work / "model", safe_serialization=True)
         del pipe
         (work / "model" / "SOURCE.txt").write_text(f"converted from {path} (content {src.fingerprint}) with "

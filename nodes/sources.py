@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from nodegraph.cache import default_cache_dir
+from nodegraph.keys import file_fingerprint
 from nodegraph.workflow import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -94,11 +95,7 @@ def _file_digest(path: Path, memo_dir: Path) -> str:
         return json.loads(memo.read_text())["digest"]
     except (OSError, ValueError, KeyError):
         pass
-    h = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    digest = h.hexdigest()
+    digest = file_fingerprint(path)
     try:
         atomic_write_bytes(memo, json.dumps({"ident": ident, "digest": digest}).encode())
     except OSError:

@@ -115,13 +115,16 @@ def open_clip_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_original_layout(model: Path, target: Path) -> Path:
+def write_original_layout(model: Path, target: Path, dtype: torch.dtype | None = None) -> Path:
+    """dtype: cast everything but the VAE (files often hold a float16 model with a float32 VAE)."""
     state: dict[str, torch.Tensor] = {}
     state.update(unet_keys(_weights(model / "unet"), json.loads((model / "unet" / "config.json").read_text())))
-    state.update(vae_keys(_weights(model / "vae"), json.loads((model / "vae" / "config.json").read_text())))
     # The original layout names CLIP-L as transformers 4 did (text_model.*); transformers 5 saves without it.
     state.update({CLIP_L + (k if k.startswith("text_model.") else "text_model." + k): v
                   for k, v in _weights(model / "text_encoder").items()})
     state.update(open_clip_keys(_weights(model / "text_encoder_2")))
+    if dtype is not None:
+        state = {k: v.to(dtype) for k, v in state.items()}
+    state.update(vae_keys(_weights(model / "vae"), json.loads((model / "vae" / "config.json").read_text())))
     save_file({k: v.contiguous() for k, v in state.items()}, str(target))
     return target

@@ -91,7 +91,7 @@ def test_cancel_between_steps_leaves_no_output(tmp_path):
 
     result = Engine().run(g, output_dir=tmp_path, cancel=token, listener=CancelAtStep3(), raise_on_error=False)
     assert result.interrupted and not result.ok
-    assert result.nodes["w"]["status"] == "skipped"
+    assert result.nodes["c"]["status"] == "interrupted" and result.nodes["w"]["status"] == "skipped"
     assert list(tmp_path.iterdir()) == []
     token2 = CancelToken()
     token2.cancel()
@@ -119,3 +119,27 @@ def test_python_api_returns_values():
     result = g.run(output_dir="/tmp/nodegraph-test-out")
     assert result[sq.id]["value"] == 36
     assert result[f.id]["text"].value == "36"
+
+
+def test_memory_entry_gone_between_plan_and_read_triggers_a_replan(tmp_path, calls):
+    """A planned memory hit can be evicted before it is read (a large entry put earlier in the same run):
+    the run plans again instead of handing None downstream."""
+    from nodegraph.cache import MemoryCache
+
+    class ForgetfulOnce(MemoryCache):
+        forgot = False
+
+        def get(self, key):
+            if not self.forgot:
+                self.forgot = True
+                return None
+            return super().get(key)
+
+    engine = Engine()
+    engine.run(chain(), output_dir=tmp_path)
+    engine.memory, old = ForgetfulOnce(), engine.memory
+    for key, (value, _) in old._entries.items():
+        engine.memory.put(key, value)
+    result = engine.run(chain(style="brackets"), output_dir=tmp_path)
+    assert engine.memory.forgot and result.ok and (tmp_path / "out.txt").read_text() == "[7]"
+    assert result.nodes["s"]["status"] == "cached"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -345,7 +346,7 @@ def test_header_inspection_reads_channels_and_dtype(tmp_path):
     path = _fake_single_file(tmp_path / "m.safetensors", {
         "model.diffusion_model.input_blocks.0.0.weight": (8, 9, 3, 3),
         "conditioner.embedders.1.model.token_embedding.weight": (4, 4)})
-    assert inspect_checkpoint(path) == (9, "float16")
+    assert inspect_checkpoint(path) == (9, "float16", "float16")
 
 
 def test_real_clip_vocabulary_gives_clips_token_ids(tmp_path):
@@ -387,3 +388,22 @@ def test_config_only_applies_to_single_files(tiny_models, tmp_path):
     g.set_input("checkpoint", "config", str(tiny_models[9]))
     with pytest.raises(NodeExecutionError, match="only applies to single-file checkpoints"):
         run(g, tmp_path)
+
+
+def test_single_file_keeps_a_float32_vae_beside_a_float16_model(tiny_models, tmp_path):
+    from safetensors.torch import load_file
+
+    from nodes.single_file import inspect_checkpoint
+    from tests.original_layout import write_original_layout
+
+    single = write_original_layout(tiny_models[9], tmp_path / "mixed.safetensors", dtype=torch.float16)
+    assert inspect_checkpoint(single) == (9, "float16", "float32")
+    g = inpaint_graph(str(single), **FAST)
+    g.set_input("checkpoint", "config", str(tiny_models[9]))
+    result = run(g, tmp_path)
+    converted = Path(result["checkpoint"]["vae"].ref.source.path)
+    original = load_file(str(tiny_models[9] / "vae" / "diffusion_pytorch_model.safetensors"))
+    kept = load_file(str(next((converted / "vae").glob("*.safetensors"))))
+    assert all(kept[k].dtype == torch.float32 and torch.equal(kept[k], v) for k, v in original.items())
+    unet = load_file(str(next((converted / "unet").glob("*.safetensors"))))
+    assert unet["conv_in.weight"].dtype == torch.float16
