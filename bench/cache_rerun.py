@@ -14,8 +14,9 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from measure import run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,16 +25,13 @@ def run(workflow: Path, cache: Path, out: Path, report: Path, *sets: str) -> dic
     cmd = [sys.executable, "-m", "nodegraph", "run", str(workflow), "--quiet", "--cache-dir", str(cache),
            "--output-dir", str(out), "--report", str(report), *[f"--set={s}" for s in sets]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NODEGRAPH_CACHE_DIR": str(cache)}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
+    measured = run_measured(cmd, ROOT, env)
+    if measured.exit_code != 0:
         raise SystemExit(f"run failed: {' '.join(cmd)}")
     data = json.loads(report.read_text())
     node_seconds = lambda kind: round(sum(v["seconds"] for v in data["nodes"].values()  # noqa: E731
                                           if v["type"] == kind and v["status"] == "executed"), 2)
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024), "loaded": data["loaded"],
+    return {"wall_s": measured.wall_s, "peak_rss_mb": measured.peak_rss_mb, "loaded": data["loaded"],
             "executed": sorted(n for n, v in data["nodes"].items() if v["status"] == "executed"),
             "encode_prompt_s": node_seconds("EncodePrompt"), "vae_encode_s": node_seconds("VAEEncode")}
 

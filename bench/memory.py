@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from measure import run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {
@@ -61,15 +62,11 @@ def run_case(model: str, name: str, pixels: int) -> dict[str, float]:
 def measure(model: str, name: str, pixels: int, cache: str) -> dict[str, object]:
     cmd = [sys.executable, __file__, "--model", model, "--case", name, "--pixels", str(pixels)]
     env = {**os.environ, "NODEGRAPH_CACHE_DIR": cache, "HF_HUB_OFFLINE": "1"}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        return {"case": name, "failed": os.waitstatus_to_exitcode(status)}
-    result = json.loads(out.strip().splitlines()[-1])
-    return {"case": name, "peak_rss_mb": round(usage.ru_maxrss / 1024), "wall_s": round(time.perf_counter() - start, 2),
-            **result}
+    measured = run_measured(cmd, ROOT, env, capture=True)
+    if measured.exit_code != 0:
+        return {"case": name, "failed": measured.exit_code}
+    result = json.loads(measured.stdout.strip().splitlines()[-1])
+    return {"case": name, "peak_rss_mb": measured.peak_rss_mb, "wall_s": measured.wall_s, **result}
 
 
 def main() -> None:
