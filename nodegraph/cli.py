@@ -16,9 +16,10 @@ from nodegraph.cache import DEFAULT_DISK_BYTES, DiskCache, default_cache_dir, pa
 from nodegraph.context import CancelToken
 from nodegraph.errors import WorkflowError
 from nodegraph.executor import Engine
+from nodegraph.files import atomic_write_bytes
 from nodegraph.graph import validate
 from nodegraph.node import REGISTRY
-from nodegraph.workflow import _decode_input, atomic_write_bytes, load_workflow
+from nodegraph.workflow import _decode_input, load_workflow
 
 COMMANDS_ENTRY_POINT = "nodegraph.commands"
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from nodegraph.errors import Issue, WorkflowError
+from nodegraph.files import atomic_write_bytes
 from nodegraph.graph import Graph, Link, NodeInstance
 from nodegraph.node import REGISTRY, Registry
 
@@ -205,25 +205,6 @@ def graph_to_dict(graph: Graph) -> dict[str, Any]:
         for node_id, inst in graph.nodes.items()
     }
     return out
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write to a temp file beside the target, then rename: readers never see half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def save_workflow(graph: Graph, path: str | os.PathLike[str]) -> None:

@@ -16,8 +16,9 @@ from PIL import PngImagePlugin
 from pydantic import Field
 
 from nodegraph import ComfyMapping, RunContext, node, payload, rename_mapping
+from nodegraph.files import atomic_write_bytes, write_numbered
 from nodegraph.keys import file_fingerprint
-from nodegraph.workflow import PNG_TEXT_KEY, atomic_write_bytes
+from nodegraph.workflow import PNG_TEXT_KEY
 from nodes.payloads import Image, Mask
 
 logger = logging.getLogger(__name__)
@@ -118,12 +119,6 @@ def LoadMask(path: str, channel: MaskChannel = "luminance", invert: bool = False
     return 1.0 - mask if invert else mask
 
 
-def _next_free(folder: Path, prefix: str, suffix: str) -> int:
-    taken = [p.name[len(prefix) + 1: len(prefix) + 6] for p in folder.glob(f"{prefix}_*{suffix}")]
-    numbers = [int(t) for t in taken if t.isdigit()]
-    return max(numbers, default=0) + 1
-
-
 @node(category="image", version=1, output=True,
       comfy=rename_mapping("SaveImage", "SaveImage", {"images": "image", "filename_prefix": "prefix"}, ()))
 def SaveImage(
@@ -136,22 +131,14 @@ def SaveImage(
     embed_workflow: bool = True,
 ) -> list[str]:
     """Save each image of the batch: to `path` if given (batch items get _1, _2, ...), else to
-    OUTPUT_DIR/PREFIX_NNNNN.FORMAT. PNGs carry the workflow so `nodegraph run result.png` reruns it.
+    OUTPUT_DIR/PREFIX_NNNNN.FORMAT under the first free number (never over an existing file, even with
+    other processes saving at once). PNGs carry the workflow so `nodegraph run result.png` reruns it.
     Files are written whole or not at all."""
     suffix = ".jpg" if format == "jpeg" else f".{format}"
     written: list[str] = []
-    out_dir = Path(ctx.output_dir)
-    counter = _next_free(Path(out_dir / prefix).parent, Path(prefix).name, suffix) if path is None else 0
+    numbered = Path(ctx.output_dir) / prefix  # the prefix may name a sub-folder
     for i in range(image.shape[0]):
         ctx.check_cancelled()
-        if path is not None:
-            target = Path(path)
-            if image.shape[0] > 1:
-                target = target.with_name(f"{target.stem}_{i + 1}{target.suffix or suffix}")
-            elif not target.suffix:
-                target = target.with_suffix(suffix)
-        else:
-            target = out_dir / f"{prefix}_{counter + i:05d}{suffix}"
         buf = io.BytesIO()
         pil = tensor_to_pil(image[i])
         if format == "png":
@@ -161,7 +148,15 @@ def SaveImage(
             pil.save(buf, format="PNG", pnginfo=info)
         else:
             pil.save(buf, format=format.upper(), quality=quality)
-        atomic_write_bytes(target, buf.getvalue())
+        if path is None:
+            target = write_numbered(numbered.parent, numbered.name, suffix, buf.getvalue())
+        else:  # an explicit path is the user's to overwrite
+            target = Path(path)
+            if image.shape[0] > 1:
+                target = target.with_name(f"{target.stem}_{i + 1}{target.suffix or suffix}")
+            elif not target.suffix:
+                target = target.with_suffix(suffix)
+            atomic_write_bytes(target, buf.getvalue())
         written.append(str(target))
     return written
 

@@ -13,8 +13,8 @@ from pydantic import Field
 from safetensors.torch import load_file, save
 
 from nodegraph import ComfyMapping, RunContext, node, rename_mapping
+from nodegraph.files import atomic_write_bytes
 from nodegraph.keys import file_fingerprint
-from nodegraph.workflow import atomic_write_bytes
 from nodes.image import Size, check_same_size
 from nodes.models import VaeHandle, manager
 from nodes.payloads import Image, Latent, Mask

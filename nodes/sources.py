@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 from nodegraph.cache import default_cache_dir
+from nodegraph.files import atomic_write_bytes
 from nodegraph.keys import file_fingerprint
-from nodegraph.workflow import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from nodegraph import RunContext, node, payload, rename_mapping
-from nodegraph.workflow import atomic_write_bytes
+from nodegraph.files import atomic_write_bytes
 
 CALLS: list[str] = []  # which toy functions ran, for tests that count executions
 
