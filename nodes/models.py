@@ -188,7 +188,9 @@ def _load_vae_half(ref: ModelRef, half: Literal["encoder", "decoder"]) -> Any:
             other = ("decoder", "post_quant_conv") if half == "encoder" else ("encoder", "quant_conv")
             for name in other:  # the half we did not read: gone, not left on the meta device
                 setattr(vae, name, None)
-            return vae.to(dtype=ref.torch_dtype).eval().requires_grad_(False)
+            if next(vae.parameters()).dtype != ref.torch_dtype:
+                vae = vae.to(dtype=ref.torch_dtype)
+            return vae.eval().requires_grad_(False)
         logger.debug("VAE weights use legacy names; loading the whole VAE")
     vae = AutoencoderKL.from_pretrained(ref.source.path, subfolder="vae", torch_dtype=ref.torch_dtype,
                                         variant=ref.source.variant, use_safetensors=True)

@@ -52,3 +52,25 @@ def test_random_text_gives_structured_errors_only(text):
 def test_mutated_valid_json_round_trips_or_errors(node_map):
     text = json.dumps({"version": 1, "nodes": node_map})
     check(parse_json_text(text))
+
+
+import nodes  # noqa: E402,F401  (the SDXL pack: its ComfyUI mappings are what this property exercises)
+
+comfy_types = st.sampled_from(["CheckpointLoaderSimple", "CLIPTextEncode", "CLIPTextEncodeSDXL", "EmptyLatentImage",
+                               "VAEEncode", "VAEEncodeForInpaint", "InpaintModelConditioning", "SetLatentNoiseMask",
+                               "KSampler", "KSamplerAdvanced", "VAEDecode", "LoadImage", "SaveImage",
+                               "ImageCompositeMasked", "Unknown"])
+comfy_ids = st.sampled_from(["1", "2", "3", "4"])
+comfy_inputs = st.dictionaries(
+    st.sampled_from(["model", "clip", "vae", "pixels", "mask", "positive", "negative", "latent_image", "samples",
+                     "text", "seed", "steps", "cfg", "denoise", "x", "y", "images", "image", "start_at_step",
+                     "end_at_step", "width", "height", "destination", "source", "ckpt_name"]),
+    json_values | st.tuples(comfy_ids | st.integers(), st.integers(-1, 3)).map(list), max_size=6)
+comfy_docs = st.dictionaries(comfy_ids, st.fixed_dictionaries({"class_type": comfy_types, "inputs": comfy_inputs}),
+                             min_size=1, max_size=4)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(comfy_docs)
+def test_random_comfy_api_documents_give_structured_errors_only(data):
+    check(data)
