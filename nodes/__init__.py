@@ -1,3 +1,1 @@
-"""SDXL inpainting stage nodes (registered through the ``nodegraph.nodes`` entry point)."""
-
-from nodes import image, latent, models, sampling, text  # noqa: F401  (importing registers the nodes)
+"""SDXL inpainting stage nodes. ``nodes.catalog`` registers them (entry point group ``nodegraph.nodes``)."""

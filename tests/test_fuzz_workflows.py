@@ -54,7 +54,7 @@ def test_mutated_valid_json_round_trips_or_errors(node_map):
     check(parse_json_text(text))
 
 
-import nodes  # noqa: E402,F401  (the SDXL pack: its ComfyUI mappings are what this property exercises)
+import nodes.catalog  # noqa: E402,F401  (the SDXL pack: its ComfyUI mappings are what this property exercises)
 
 comfy_types = st.sampled_from(["CheckpointLoaderSimple", "CLIPTextEncode", "CLIPTextEncodeSDXL", "EmptyLatentImage",
                                "VAEEncode", "VAEEncodeForInpaint", "InpaintModelConditioning", "SetLatentNoiseMask",
