@@ -27,6 +27,12 @@ IssueKind = Literal[
 ]
 
 
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr() cut to a length that fits an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class Issue(BaseModel):
     """One problem found in a workflow, located as precisely as the problem allows."""
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
 
-from nodegraph.errors import Issue, WorkflowError
+from nodegraph.errors import Issue, WorkflowError, short_repr
 from nodegraph.node import REGISTRY, NodeSpec, Registry
 from nodegraph.types import can_connect
 
@@ -147,16 +146,12 @@ class Graph:
             raise WorkflowError(issues)
         instance.inputs.update(converted)
 
-    # ---- comparison & copying -------------------------------------------------------------------
+    # ---- comparison ------------------------------------------------------------------------------
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Graph):
             return NotImplemented
         return (self.nodes, self.name, self.description, self.metadata) == (
             other.nodes, other.name, other.description, other.metadata)
-
-    def copy(self) -> Graph:
-        return Graph(copy.deepcopy(self.nodes), name=self.name, description=self.description,
-                     metadata=copy.deepcopy(self.metadata), registry=self.registry)
 
     def set_input(self, node_id: str, input_name: str, value: Any) -> None:
         """Override one input (the CLI's ``--set``); validated later with the rest of the graph."""
@@ -266,22 +261,17 @@ def _check_input(graph: Graph, node_id: str, spec: NodeSpec, name: str, value: A
         if value is None and not inp.required:
             return []
         return [Issue(kind="invalid_value", node=node_id, input=name,
-                      message=f"expects a link to a {inp.socket} output, got a literal {_short(value)}",
-                      expected=inp.socket, found=_short(value))]
+                      message=f"expects a link to a {inp.socket} output, got a literal {short_repr(value)}",
+                      expected=inp.socket, found=short_repr(value))]
     if _depth(value, MAX_LITERAL_DEPTH) > MAX_LITERAL_DEPTH:
         return [Issue(kind="invalid_value", node=node_id, input=name,
                       message=f"value is nested deeper than {MAX_LITERAL_DEPTH} levels")]
     try:
         inp.validate(value)
     except ValueError as exc:
-        return [Issue(kind="invalid_value", node=node_id, input=name, message=f"invalid value {_short(value)}: {exc}",
-                      expected=inp.describe(), found=_short(value))]
+        return [Issue(kind="invalid_value", node=node_id, input=name, message=f"invalid value {short_repr(value)}: {exc}",
+                      expected=inp.describe(), found=short_repr(value))]
     return []
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def validate(graph: Graph, output_nodes: Iterable[str] | None = None) -> ValidGraph:

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from nodegraph.errors import Issue, WorkflowError
+from nodegraph.errors import Issue, WorkflowError, short_repr
 from nodegraph.files import atomic_write_bytes
 from nodegraph.graph import Graph, Link, NodeInstance
 from nodegraph.node import REGISTRY, Registry
@@ -158,7 +158,7 @@ def graph_from_data(data: Any, registry: Registry | None = None, source: str = "
             node = loc[1] if len(loc) > 1 and loc[0] == "nodes" else None
             field_name = ".".join(loc[2:]) if node is not None else ".".join(loc)
             issues.append(Issue(kind="invalid_file", node=node, input=field_name or None,
-                                message=f"{source}: {'.'.join(loc)}: {err['msg']}", found=_short(err.get("input"))))
+                                message=f"{source}: {'.'.join(loc)}: {err['msg']}", found=short_repr(err.get("input"))))
         raise WorkflowError(issues) from None
     issues: list[Issue] = []
     nodes: dict[str, NodeInstance] = {}
@@ -169,11 +169,6 @@ def graph_from_data(data: Any, registry: Registry | None = None, source: str = "
         raise WorkflowError(issues)
     return Graph(nodes, name=parsed.name, description=parsed.description, metadata=parsed.metadata,
                  registry=registry)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) < 80 else text[:77] + "..."
 
 
 def load_workflow(path: str | os.PathLike[str], registry: Registry | None = None) -> Graph:

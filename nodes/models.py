@@ -141,9 +141,6 @@ class ModelManager:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
-    def unload_all(self) -> None:
-        self._loaded.clear()
-
 
 def manager(ctx: RunContext) -> ModelManager:
     return ctx.resource(ModelManager)
