@@ -40,14 +40,37 @@ class ModelSource:
     variant: str | None = None
 
 
+WEIGHT_DIRS = ("unet", "vae", "text_encoder", "text_encoder_2")
+
+
+def hub_patterns(variant: str | None) -> tuple[list[str], list[str]]:
+    """(allow, ignore) file patterns: configs, tokenizers and one set of safetensors weights for the
+    components the loader reads.
+
+    Repos often hold each weight file twice (full precision and an ``.fp16`` variant), and sometimes extra
+    folders (SDXL base has ``vae_1_0/``): fetching only what will be loaded saves gigabytes. Sharded
+    weights need their index files too.
+    """
+    allow = ["model_index.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*"]
+    ignore: list[str] = []
+    for sub in WEIGHT_DIRS:
+        allow.append(f"{sub}/config.json")
+        if variant:
+            allow += [f"{sub}/*.{variant}.safetensors", f"{sub}/*.{variant}.safetensors.index.json",
+                      f"{sub}/*.{variant}-*.safetensors"]
+        else:  # unvariant names have one dot: model.safetensors, model-00001-of-00002.safetensors
+            allow += [f"{sub}/*.safetensors", f"{sub}/*.safetensors.index.json"]
+            ignore += [f"{sub}/*.*.safetensors", f"{sub}/*.*.safetensors.index.json"]
+    return allow, ignore
+
+
 def _hub_download(repo_id: str, variant: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
-    patterns = ["model_index.json", "*/config.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*"]
-    patterns.append(f"*/*.{variant}.safetensors" if variant else "*/*.safetensors")
+    allow, ignore = hub_patterns(variant)
     try:
         # snapshot_download shows a tqdm progress bar per file while downloading.
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        return Path(snapshot_download(repo_id, allow_patterns=allow, ignore_patterns=ignore or None))
     except Exception as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         why = "HF_HUB_OFFLINE is set and it is not in the local hub cache" if offline else str(exc)

@@ -407,3 +407,29 @@ def test_single_file_keeps_a_float32_vae_beside_a_float16_model(tiny_models, tmp
     assert all(kept[k].dtype == torch.float32 and torch.equal(kept[k], v) for k, v in original.items())
     unet = load_file(str(next((converted / "unet").glob("*.safetensors"))))
     assert unet["conv_in.weight"].dtype == torch.float16
+
+
+@pytest.mark.parametrize("variant, expected", [
+    (None, ["unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors.index.json",
+            "unet/diffusion_pytorch_model-00001-of-00002.safetensors", "text_encoder/model.safetensors"]),
+    ("fp16", ["unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors.index.json",
+              "unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors", "text_encoder/model.fp16.safetensors"]),
+])
+def test_hub_download_fetches_one_set_of_weights(variant, expected):
+    """A hub repo holds weights twice (full and fp16) plus extras: only what will be loaded is fetched."""
+    from fnmatch import fnmatch
+
+    from nodes.sources import hub_patterns
+
+    weights = ["unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+               "unet/diffusion_pytorch_model.safetensors.index.json",
+               "unet/diffusion_pytorch_model.fp16.safetensors.index.json",
+               "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+               "unet/diffusion_pytorch_model.fp16-00001-of-00002.safetensors", "unet/diffusion_pytorch_model.bin",
+               "text_encoder/model.safetensors", "text_encoder/model.fp16.safetensors", "text_encoder/flax_model.msgpack",
+               "vae_1_0/diffusion_pytorch_model.fp16.safetensors", "sd_xl_base_1.0.safetensors"]
+    configs = ["model_index.json", "unet/config.json", "vae/config.json", "scheduler/scheduler_config.json",
+               "tokenizer/vocab.json", "tokenizer_2/merges.txt"]
+    allow, ignore = hub_patterns(variant)
+    fetched = [f for f in weights + configs if any(fnmatch(f, a) for a in allow) and not any(fnmatch(f, i) for i in ignore)]
+    assert fetched == expected + configs
