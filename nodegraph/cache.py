@@ -129,6 +129,7 @@ class DiskCache:
         self.root = Path(root) if root is not None else default_cache_dir()
         self.max_bytes = max_bytes
         self.enabled = True
+        self.wrote = False  # since the last prune: a cache nothing was added to needs no pruning
         self._warned: set[str] = set()
 
     @property
@@ -192,6 +193,7 @@ class DiskCache:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            self.wrote = True
             return True
         except OSError as exc:
             if tmp is not None:
@@ -225,6 +227,7 @@ class DiskCache:
     def prune(self, max_bytes: int | None = None, stale_tmp_seconds: float = 3600) -> int:
         """Delete least-recently-used entries until the total fits; also old temp files. Returns count."""
         limit = self.max_bytes if max_bytes is None else max_bytes
+        self.wrote = False
         now = time.time()
         removed = 0
         entries = []

@@ -86,7 +86,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         graph = load_workflow(args.file)
         _apply_sets(graph, args.set or [])
-        validate(graph)
     except WorkflowError as err:
         _print_issues(err, False)
         return EXIT_INVALID
@@ -103,9 +102,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         cancel.cancel()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
+    try:  # Engine.run validates before anything runs; an invalid graph raises WorkflowError from there
         result = engine.run(graph, output_dir=args.output_dir, cancel=cancel, raise_on_error=False,
                             listener=None if args.quiet else TqdmListener(), workflow_json=graph.to_json(None))
+    except WorkflowError as err:
+        _print_issues(err, False)
+        return EXIT_INVALID
     finally:
         signal.signal(signal.SIGINT, previous)
     if args.report:

@@ -124,7 +124,7 @@ class Engine:
                 raise
         finally:
             result.seconds = time.perf_counter() - start
-            if self.disk is not None and self.disk.enabled:
+            if self.disk is not None and self.disk.enabled and self.disk.wrote:
                 try:
                     self.disk.prune()
                 except OSError as exc:

@@ -152,3 +152,18 @@ def test_parse_size():
     assert parse_size("10GiB") == 10 * 1024**3 and parse_size("500MB") == 500 * 10**6 and parse_size("12") == 12
     with pytest.raises(ValueError):
         parse_size("lots")
+
+
+def test_runs_that_add_nothing_do_not_scan_the_cache(tmp_path, monkeypatch):
+    from nodegraph import Engine
+    from tests.test_executor import chain
+
+    disk = DiskCache(tmp_path / "cache")
+    Engine(disk=disk).run(chain(), output_dir=tmp_path)
+    assert disk.wrote is False  # pruned after the run that wrote, which resets it
+    scans = []
+    monkeypatch.setattr(DiskCache, "prune", lambda self, *a, **k: scans.append(1) or 0)
+    Engine(disk=DiskCache(tmp_path / "cache")).run(chain(), output_dir=tmp_path)  # everything from disk
+    assert scans == []
+    Engine(disk=DiskCache(tmp_path / "cache")).run(chain(value=8), output_dir=tmp_path)  # writes new entries
+    assert scans == [1]
