@@ -69,3 +69,29 @@ def can_connect(output_type: str, input_type: str) -> bool:
         return True
     # An integer is a valid float everywhere a user would write one.
     return output_type == "INT" and input_type == "FLOAT"
+
+
+@dataclass(frozen=True)
+class FileRole:
+    """Marker inside ``Annotated[str, ...]`` for a literal input that names a file or folder.
+
+    Validation resolves such paths (relative ones against the workflow's base folder or the output
+    directory) and checks them against the run's ``PathPolicy``: ``read`` inputs must lie under the read
+    roots, ``write`` inputs (a path or a file-name prefix) under the write roots.
+    """
+
+    access: Literal["read", "write"]
+
+
+READ_PATH = FileRole("read")
+WRITE_PATH = FileRole("write")
+
+
+def file_role_of(annotation: Any) -> FileRole | None:
+    """The FileRole an input's annotation carries, if any."""
+    annotation = strip_optional(annotation)
+    if get_origin(annotation) is typing.Annotated:
+        for extra in annotation.__metadata__:
+            if isinstance(extra, FileRole):
+                return extra
+    return None
