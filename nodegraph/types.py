@@ -81,10 +81,14 @@ class FileRole:
     """
 
     access: Literal["read", "write"]
+    # A model source may also be a hub id ("org/name") or a scheme ("builtin:..."): such a value that
+    # names no local file is not a path, and the policy does not apply to it.
+    hub_ok: bool = False
 
 
 READ_PATH = FileRole("read")
 WRITE_PATH = FileRole("write")
+MODEL_SOURCE = FileRole("read", hub_ok=True)
 
 
 def file_role_of(annotation: Any) -> FileRole | None:
