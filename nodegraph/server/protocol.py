@@ -202,6 +202,8 @@ def message(kind: str, data: BaseModel | dict[str, Any]) -> str:
     body = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
     if isinstance(data, StatusData) and data.sid is None:
         body.pop("sid")
+    if isinstance(data, Executing) and data.node is None:
+        body.pop("display_node")  # ComfyUI's "done" signal is exactly {node: null, prompt_id}
     return json.dumps({"type": kind, "data": body})
 
 

@@ -314,8 +314,7 @@ class Worker:
             logger.info("prompt %s %s in %.2fs (%d images)", row.prompt_id, listener.state,
                         time.perf_counter() - t0, sum(len(v.get("images", [])) for v in listener.outputs.values()))
         # The history row exists before the "done" message: clients fetch /history the moment they see it.
-        self._send(row.client_id, message("executing", Executing(node=None, display_node=None,
-                                                                 prompt_id=row.prompt_id)))
+        self._send(row.client_id, message("executing", Executing(node=None, prompt_id=row.prompt_id)))
 
 
 def workflow_json(row: Row) -> str:
@@ -339,6 +338,8 @@ def make_engine(settings: EngineSettings, registry: Registry) -> Engine:
 
     if settings.state_dir or settings.cache_dir:  # the current engine finds built-in models through it
         os.environ["NODEGRAPH_CACHE_DIR"] = str(settings.state_dir or settings.cache_dir)
+    if settings.input_dir is not None:  # no PathPolicy.base_dir yet: relative reads resolve against the cwd
+        os.chdir(settings.input_dir)
     disk = DiskCache(settings.cache_dir, settings.disk_cache_bytes) if settings.cache_dir else None
     return Engine(registry=registry, memory_bytes=settings.memory_cache_bytes, disk=disk)
 
