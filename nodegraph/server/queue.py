@@ -200,6 +200,10 @@ class Worker:
         self._cancel: CancelToken | None = None
         self.current: str | None = None
         self._thread = threading.Thread(target=self._loop, name="nodegraph-worker", daemon=True)
+        if settings.input_dir is not None and not _engine_has_settings():
+            # The current engine has no PathPolicy.base_dir: relative reads (at validation and at run time)
+            # resolve against the working directory, which is therefore the input directory.
+            os.chdir(settings.input_dir)
 
     # ---- called from the HTTP side ---------------------------------------------------------------
     def start(self) -> None:
@@ -329,17 +333,21 @@ def workflow_json(row: Row) -> str:
 # ---- the engine --------------------------------------------------------------------------------------
 # The long-lived Engine API (settings, typed events, policy) is being merged from the `engine` branch; until
 # then the current Engine is driven through a small adapter that produces the same typed events.
+def _engine_has_settings() -> bool:
+    from nodegraph.executor import Engine
+
+    return "settings" in inspect.signature(Engine.__init__).parameters
+
+
 def make_engine(settings: EngineSettings, registry: Registry) -> Engine:
     from nodegraph.executor import Engine
 
-    if "settings" in inspect.signature(Engine.__init__).parameters:
+    if _engine_has_settings():
         return Engine(settings, registry=registry)  # type: ignore[call-arg,arg-type,unused-ignore]
     from nodegraph.cache import DiskCache
 
     if settings.state_dir or settings.cache_dir:  # the current engine finds built-in models through it
         os.environ["NODEGRAPH_CACHE_DIR"] = str(settings.state_dir or settings.cache_dir)
-    if settings.input_dir is not None:  # no PathPolicy.base_dir yet: relative reads resolve against the cwd
-        os.chdir(settings.input_dir)
     disk = DiskCache(settings.cache_dir, settings.disk_cache_bytes) if settings.cache_dir else None
     return Engine(registry=registry, memory_bytes=settings.memory_cache_bytes, disk=disk)
 

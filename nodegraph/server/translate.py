@@ -33,6 +33,7 @@ _COMFY_ERROR_TYPES = {
 
 def native_name(spec_name: str, registry: Registry) -> str:
     """How a native node type is listed in ``object_info``: bare unless ComfyUI owns that name."""
+    registry.load_entry_points()
     return f"{NATIVE_PREFIX}{spec_name}" if spec_name in registry.comfy else spec_name
 
 
