@@ -36,7 +36,8 @@ def free_port() -> int:
 class Served:
     """One `nodegraph serve` process with its own folders; ``stop()`` sends SIGTERM like a service manager."""
 
-    def __init__(self, root: Path, models: Path | None, *extra: str, port: int | None = None):
+    def __init__(self, root: Path, models: Path | None, *extra: str, port: int | None = None,
+                 preload: tuple[str, ...] = ()):
         self.root = root
         self.port = port or free_port()
         self.input, self.output, self.cache = root / "input", root / "output", root / "cache"
@@ -49,9 +50,12 @@ class Served:
                 (self.input / name).write_bytes((ROOT / "workflows" / name).read_bytes())
         env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", NODEGRAPH_CACHE_DIR=str(self.cache))
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nodegraph", "serve", "--port", str(self.port), "--input-dir", str(self.input),
-             "--output-dir", str(self.output), "--cache-dir", str(self.cache), *extra],
+        args = ["serve", "--port", str(self.port), "--input-dir", str(self.input), "--output-dir", str(self.output),
+                "--cache-dir", str(self.cache), *extra]
+        # preload: extra node modules for this server (test nodes), imported before the CLI runs
+        command = [sys.executable, "-c", f"import {', '.join(preload)}; from nodegraph.cli import main; "
+                   f"raise SystemExit(main({args!r}))"] if preload else [sys.executable, "-m", "nodegraph", *args]
+        self.proc = subprocess.Popen(command,
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.ready_seconds = self._wait()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -580,6 +584,66 @@ def test_upload_mask_puts_the_painted_alpha_into_a_copy_of_the_original(server):
     r = server.post("/upload/mask", files={"image": ("m.png", painted.getvalue(), "image/png")},
                     data={"original_ref": bad})
     assert r.status_code == 400
+
+
+def _engine_has(parameter: str) -> bool:
+    import inspect
+
+    from nodegraph.executor import Engine
+
+    return parameter in inspect.signature(Engine.run).parameters
+
+
+@pytest.mark.skipif(not _engine_has("previews"), reason="needs the long-lived engine's previews (branch engine)")
+def test_previews_arrive_as_binary_frames_only_when_asked(tmp_path):
+    s = Served(tmp_path, None, preload=("tests.toy_nodes", "tests.test_server_nodes"))
+    try:
+        prompt = {"1": {"class_type": "PreviewSteps", "inputs": {"steps": 3}},
+                  "2": {"class_type": "Format", "inputs": {"n": ["1", 0]}},
+                  "3": {"class_type": "WriteText", "inputs": {"text": ["2", 0], "name": "p"}}}
+        pid, frames = run_prompt(s, {"prompt": prompt, "extra_data": {"preview_method": "auto"}}, "viewer")
+        previews = [f for f in frames if isinstance(f, bytes)]
+        assert previews, frames
+        for frame in previews:
+            assert frame[:8] == (1).to_bytes(4, "big") + (1).to_bytes(4, "big")  # PREVIEW_IMAGE, JPEG
+            assert frame[8:].startswith(b"\xff\xd8\xff\xe0preview")
+        # each preview follows a progress message of the same node
+        first = frames.index(previews[0])
+        assert frames[first - 1]["type"] == "progress" and frames[first - 1]["data"]["node"] == "1"
+        prompt["1"]["inputs"]["steps"] = 2  # not cached: a different run
+        pid, frames = run_prompt(s, {"prompt": prompt, "extra_data": {"preview_method": "none"}}, "viewer")
+        assert not any(isinstance(f, bytes) for f in frames)
+        prompt["1"]["inputs"]["steps"] = 4
+        pid, frames = run_prompt(s, {"prompt": prompt}, "viewer")  # no --previews flag: off by default
+        assert not any(isinstance(f, bytes) for f in frames)
+    finally:
+        s.stop()
+
+
+def _paths_have_roles() -> bool:
+    from nodegraph.node import REGISTRY
+    from nodegraph.types import file_role_of
+
+    spec = REGISTRY.get("LoadImage")
+    return spec is not None and file_role_of(spec.inputs["path"].annotation) is not None
+
+
+@pytest.mark.skipif(not (_engine_has("policy") and _paths_have_roles()),
+                    reason="needs the engine's PathPolicy and path-marked node inputs (branches engine, decl)")
+def test_prompt_paths_outside_the_input_and_output_dirs_are_refused(server, tmp_path):
+    outside = tmp_path / "outside.png"
+    outside.write_bytes((ROOT / "workflows/demo_image.png").read_bytes())
+    prompt = native_api_prompt()
+    prompt["image"]["inputs"]["path"] = str(outside)
+    prompt["mask"]["inputs"]["path"] = "../../outside.png"
+    prompt["save"]["inputs"]["prefix"] = str(tmp_path / "stolen")
+    r = server.post("/prompt", json={"prompt": prompt})
+    assert r.status_code == 400, r.text
+    errors = r.json()["node_errors"]
+    assert errors["image"]["errors"][0]["extra_info"]["input_name"] == "path"
+    assert errors["save"]["errors"][0]["extra_info"]["input_name"] == "prefix"
+    assert "mask" in errors
+    assert server.get("/queue").json()["queue_pending"] == []
 
 
 def test_preview_frame_is_comfyuis_binary_layout():

@@ -44,6 +44,7 @@ from .protocol import (
     PromptRejected,
     PromptRequest,
     UploadReply,
+    json_depth,
 )
 from .queue import Worker, http_policy, new_prompt_id, status_message
 from .translate import comfy_id_of, graph_from_prompt, rejection
@@ -268,9 +269,7 @@ class Server:
         except (ValueError, RecursionError):
             raise web.HTTPBadRequest(text=json.dumps({"error": "the body is not valid JSON"}),
                                      content_type="application/json") from None
-        from nodegraph.graph import _depth
-
-        if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        if json_depth(data) > MAX_JSON_DEPTH:
             raise web.HTTPBadRequest(text=json.dumps({"error": f"JSON nested deeper than {MAX_JSON_DEPTH}"}),
                                      content_type="application/json")
         return data
@@ -314,7 +313,10 @@ class Server:
         number = body.number if body.number is not None else self.journal.next_number()
         if body.front:
             number = -abs(number)
-        self.journal.add(prompt_id, number, body.client_id, prompt, body.extra_data, targets or [], graph.to_dict())
+        extra = dict(body.extra_data)
+        if body.client_id is not None:
+            extra["client_id"] = body.client_id  # where ComfyUI keeps it in queue items
+        self.journal.add(prompt_id, number, body.client_id, prompt, extra, targets or [], graph.to_dict())
         logger.info("prompt %s queued (%d nodes, client %s)", prompt_id, len(graph.nodes), body.client_id or "-")
         self.worker.wake()
         self._status()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     server = Server(config)
+    # Every path the server itself uses is absolute by now. A relative path in a prompt means a file in the
+    # input directory: the validation's PathPolicy resolves it so for inputs marked as paths, and the working
+    # directory makes it so for any node input that opens a file without such a marker.
+    os.chdir(settings.input_dir)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"nodegraph serving ComfyUI's API on http://{host}:{args.port} (output {settings.output_dir}, "
           f"input {settings.input_dir})", file=sys.stderr, flush=True)

@@ -113,10 +113,13 @@ class PromptListener:
             return str(entry["class_type"])
         return self._node_types.get(node_id or "")
 
-    def _emit(self, kind: str, data: Any, record: bool = False) -> None:
+    def _emit(self, kind: str, data: Any, record: bool = False, everyone: bool = False) -> None:
         if record:
             self.messages.append([kind, data.model_dump(mode="json")])
-        self._send(self.row.client_id, message(kind, data))
+            if self.row.client_id is None and not everyone:
+                return  # as in ComfyUI: a prompt without a client id gets its run messages in /history only
+        # (node messages of a prompt without a client id go to everyone, as in ComfyUI)
+        self._send(None if everyone else self.row.client_id, message(kind, data))
 
     def _mark_executed(self, cid: str | None) -> None:
         if cid is not None and cid not in self.executed:
@@ -170,7 +173,7 @@ class PromptListener:
             self._emit("execution_interrupted", ExecutionInterrupted(
                 prompt_id=pid, timestamp=now_ms(), node_id=self.cid(event.node_id),
                 node_type=self.class_type(event.node_id) or event.node_type, executed=list(self.executed)),
-                record=True)
+                record=True, everyone=True)  # ComfyUI broadcasts interrupts
 
     def fail(self, error: RunError) -> None:
         self.state = "error"
@@ -200,10 +203,6 @@ class Worker:
         self._cancel: CancelToken | None = None
         self.current: str | None = None
         self._thread = threading.Thread(target=self._loop, name="nodegraph-worker", daemon=True)
-        if settings.input_dir is not None and not _engine_has_settings():
-            # The current engine has no PathPolicy.base_dir: relative reads (at validation and at run time)
-            # resolve against the working directory, which is therefore the input directory.
-            os.chdir(settings.input_dir)
 
     # ---- called from the HTTP side ---------------------------------------------------------------
     def start(self) -> None:
@@ -265,11 +264,11 @@ class Worker:
             except Exception:  # a bug here must not kill the queue: record it and go on
                 logger.exception("prompt %s: unexpected server error", row.prompt_id)
                 self.journal.finish(row.prompt_id, "error", {}, [], {"exception_message": "internal server error"})
+                self._send(None, status_message(self.journal.count_pending()))
             finally:
                 with self._wake:
                     self.current = None
                     self._cancel = None
-                self._send(None, status_message(self.queue_remaining()))
 
     def _apply_free(self) -> None:
         if not self._free or self._engine is None:
@@ -317,8 +316,11 @@ class Worker:
             self.journal.finish(row.prompt_id, listener.state, listener.outputs, listener.messages, listener.error)
             logger.info("prompt %s %s in %.2fs (%d images)", row.prompt_id, listener.state,
                         time.perf_counter() - t0, sum(len(v.get("images", [])) for v in listener.outputs.values()))
-        # The history row exists before the "done" message: clients fetch /history the moment they see it.
-        self._send(row.client_id, message("executing", Executing(node=None, prompt_id=row.prompt_id)))
+        # As in ComfyUI: the queue status (this prompt no longer counted), then the "done" message, which comes
+        # after the history row exists: clients fetch /history the moment they see it.
+        self._send(None, status_message(self.journal.count_pending()))
+        if row.client_id is not None:
+            self._send(row.client_id, message("executing", Executing(node=None, prompt_id=row.prompt_id)))
 
 
 def workflow_json(row: Row) -> str:
@@ -333,16 +335,10 @@ def workflow_json(row: Row) -> str:
 # ---- the engine --------------------------------------------------------------------------------------
 # The long-lived Engine API (settings, typed events, policy) is being merged from the `engine` branch; until
 # then the current Engine is driven through a small adapter that produces the same typed events.
-def _engine_has_settings() -> bool:
-    from nodegraph.executor import Engine
-
-    return "settings" in inspect.signature(Engine.__init__).parameters
-
-
 def make_engine(settings: EngineSettings, registry: Registry) -> Engine:
     from nodegraph.executor import Engine
 
-    if _engine_has_settings():
+    if "settings" in inspect.signature(Engine.__init__).parameters:
         return Engine(settings, registry=registry)  # type: ignore[call-arg,arg-type,unused-ignore]
     from nodegraph.cache import DiskCache
 
