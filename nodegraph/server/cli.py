@@ -74,6 +74,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"input {settings.input_dir})", file=sys.stderr, flush=True)
     # run_app turns SIGINT and SIGTERM into a graceful shutdown: the worker interrupts the running prompt
     # (which goes back to pending) and the journal keeps the queue.
-    web.run_app(server.app(), host=args.host, port=args.port, print=None, shutdown_timeout=5.0,
+    web.run_app(server.app(), host=args.host, port=args.port, print=None, shutdown_timeout=1.0,
                 access_log=None, handle_signals=True)
     return 0

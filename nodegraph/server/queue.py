@@ -202,6 +202,7 @@ class Worker:
         self._free: set[str] = set()
         self._cancel: CancelToken | None = None
         self.current: str | None = None
+        self.registry_ready = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nodegraph-worker", daemon=True)
 
     # ---- called from the HTTP side ---------------------------------------------------------------
@@ -219,7 +220,8 @@ class Worker:
             if self._cancel is not None:
                 self._cancel.cancel()
             self._wake.notify_all()
-        self._thread.join(timeout)
+        if self.registry_ready.is_set():  # an import in progress cannot be interrupted; the thread is a daemon
+            self._thread.join(timeout)
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
         with self._wake:
@@ -248,6 +250,12 @@ class Worker:
         return self._engine
 
     def _loop(self) -> None:
+        # Node packages import torch and diffusers (seconds): loaded here, after the socket listens, and
+        # before any prompt (also one journaled by an earlier run) is translated or run.
+        try:
+            self.registry.load_entry_points()
+        finally:
+            self.registry_ready.set()
         while True:
             with self._wake:
                 self._apply_free()
