@@ -33,7 +33,11 @@ def add_serve_command(sub: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
+    try:
+        from aiohttp import web
+    except ImportError:
+        print("error: the server needs aiohttp: pip install 'nodegraph[server]'", file=sys.stderr)
+        return 2
 
     from nodegraph.cache import parse_size
     from nodegraph.settings import EngineSettings

@@ -303,6 +303,7 @@ class Worker:
         from nodegraph.workflow import graph_from_data
 
         t0 = time.perf_counter()
+        loaded = "nothing"
         self._send(None, status_message(self.queue_remaining()))
         graph = graph_from_data(row.graph, self.registry)
         types = {n: inst.type for n, inst in graph.nodes.items()}
@@ -314,7 +315,7 @@ class Worker:
                                 policy=http_policy(self.settings), run_id=row.prompt_id,
                                 outputs=row.targets or None, workflow_json=workflow_json(row),
                                 output_dir=self.settings.output_dir)
-            del result
+            loaded = ", ".join(result.loaded) or "nothing"
         except WorkflowError as err:  # the files changed since the prompt was accepted
             listener.fail(RunError(None, None, "WorkflowError", str(err)))
         if listener.state == "interrupted" and self._stopping:
@@ -322,8 +323,9 @@ class Worker:
             logger.info("prompt %s interrupted by shutdown; back in the queue", row.prompt_id)
         else:
             self.journal.finish(row.prompt_id, listener.state, listener.outputs, listener.messages, listener.error)
-            logger.info("prompt %s %s in %.2fs (%d images)", row.prompt_id, listener.state,
-                        time.perf_counter() - t0, sum(len(v.get("images", [])) for v in listener.outputs.values()))
+            logger.info("prompt %s %s in %.2fs (%d images; loaded: %s)", row.prompt_id, listener.state,
+                        time.perf_counter() - t0, sum(len(v.get("images", [])) for v in listener.outputs.values()),
+                        loaded)
         # As in ComfyUI: the queue status (this prompt no longer counted), then the "done" message, which comes
         # after the history row exists: clients fetch /history the moment they see it.
         self._send(None, status_message(self.journal.count_pending()))
