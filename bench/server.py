@@ -148,8 +148,12 @@ def main() -> None:
 
         local = in_process(root, prompts)
 
-        wf = root / "cli.json"
-        wf.write_text(json.dumps(api_prompt(1, args.steps)))
+        wf = root / "cli.json"  # the same graph as a native workflow file (the CLI reads ComfyUI's class_types only)
+        native = json.loads((ROOT / "workflows/demo_tiny.json").read_text())
+        native["nodes"]["image"]["inputs"]["path"] = "demo_image.png"
+        native["nodes"]["mask"]["inputs"]["path"] = "demo_mask.png"
+        native["nodes"]["sample"]["inputs"].update(seed=1, steps=args.steps)
+        wf.write_text(json.dumps(native))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "NODEGRAPH_CACHE_DIR": str(root / "cache")}
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "nodegraph", "run", str(wf), "--quiet", "--no-cache",

@@ -481,10 +481,11 @@ class Server:
 
     # ---- node definitions -------------------------------------------------------------------------
     async def _info(self) -> dict[str, Any]:
-        if self._object_info is None:
-            registry = await self._registry()
-            self._object_info = await asyncio.to_thread(object_info, registry)
-        return self._object_info
+        if self._object_info is not None:
+            return self._object_info
+        info: dict[str, Any] = await asyncio.to_thread(object_info, await self._registry())
+        self._object_info = info
+        return info
 
     async def get_object_info(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(await self._info())

@@ -44,8 +44,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .app import Server, ServerConfig
 
-    overrides: dict[str, Any] = {"output_dir": Path(args.output_dir).resolve(),
-                                 "input_dir": Path(args.input_dir).resolve()}
+    input_dir = Path(args.input_dir).resolve()
+    overrides: dict[str, Any] = {"output_dir": Path(args.output_dir).resolve(), "input_dir": input_dir}
     if args.cache_dir:
         cache = Path(args.cache_dir).expanduser().resolve()
         overrides.update(cache_dir=cache, state_dir=cache)
@@ -72,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Every path the server itself uses is absolute by now. A relative path in a prompt means a file in the
     # input directory: the validation's PathPolicy resolves it so for inputs marked as paths, and the working
     # directory makes it so for any node input that opens a file without such a marker.
-    os.chdir(settings.input_dir)
+    os.chdir(input_dir)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"nodegraph serving ComfyUI's API on http://{host}:{args.port} (output {settings.output_dir}, "
           f"input {settings.input_dir})", file=sys.stderr, flush=True)
