@@ -150,14 +150,14 @@ def main() -> None:
 
         wf = root / "cli.json"  # the same graph as a native workflow file (the CLI reads ComfyUI's class_types only)
         native = json.loads((ROOT / "workflows/demo_tiny.json").read_text())
-        native["nodes"]["image"]["inputs"]["path"] = "demo_image.png"
-        native["nodes"]["mask"]["inputs"]["path"] = "demo_mask.png"
+        native["nodes"]["image"]["inputs"]["path"] = str(root / "input" / "demo_image.png")
+        native["nodes"]["mask"]["inputs"]["path"] = str(root / "input" / "demo_mask.png")
         native["nodes"]["sample"]["inputs"].update(seed=1, steps=args.steps)
         wf.write_text(json.dumps(native))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "NODEGRAPH_CACHE_DIR": str(root / "cache")}
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "nodegraph", "run", str(wf), "--quiet", "--no-cache",
-                        "--output-dir", str(root / "cli-out")], cwd=root / "input", env=env, check=True)
+                        "--output-dir", str(root / "cli-out")], cwd=ROOT, env=env, check=True)
         cli = time.perf_counter() - t0
 
     n = args.prompts
