@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from nodegraph.codec import CorruptEntry, NotEncodable, decode_entry, encode_entry
+from nodegraph.node import Registry
+from nodegraph.settings import DEFAULT_DISK_BYTES, DEFAULT_MEMORY_BYTES
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MEMORY_BYTES = 4 * 1024**3
-DEFAULT_DISK_BYTES = 10 * 1024**3
 ENTRY_SUFFIX = ".ngc"
 
 
@@ -101,15 +101,6 @@ class DiskStats:
     max_bytes: int
 
 
-def default_cache_dir() -> Path:
-    """``$NODEGRAPH_CACHE_DIR``, else ``$XDG_CACHE_HOME/nodegraph``, else ``~/.cache/nodegraph``."""
-    explicit = os.environ.get("NODEGRAPH_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg) / "nodegraph" if xdg else Path.home() / ".cache" / "nodegraph"
-
-
 def parse_size(text: str) -> int:
     """``"10GiB"``, ``"500M"``, ``"1024"`` -> bytes."""
     units = {"": 1, "B": 1, "K": 1024, "KB": 1000, "KIB": 1024, "M": 1024**2, "MB": 1000**2, "MIB": 1024**2,
@@ -125,8 +116,10 @@ def parse_size(text: str) -> int:
 class DiskCache:
     """Content-addressed entries under ``root/entries/<2 hex>/<key>.ngc``."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_DISK_BYTES):
-        self.root = Path(root) if root is not None else default_cache_dir()
+    def __init__(self, root: str | os.PathLike[str], max_bytes: int = DEFAULT_DISK_BYTES,
+                 registry: Registry | None = None):
+        self.root = Path(root)
+        self.registry = registry  # which @payload classes entries may rebuild (None: the global registry)
         self.max_bytes = max_bytes
         self.enabled = True
         self.wrote = False  # since the last prune: a cache nothing was added to needs no pruning
@@ -160,7 +153,7 @@ class DiskCache:
             self._warn_once("read:" + key, "disk cache: cannot read %s (%s); recomputing", path, exc)
             return False, None
         try:
-            value = decode_entry(data)
+            value = decode_entry(data, self.registry)
         except CorruptEntry as exc:
             self._warn_once("bad:" + key, "disk cache: dropping bad entry %s (%s); recomputing", path.name, exc)
             try:
@@ -179,7 +172,7 @@ class DiskCache:
         if not self.enabled:
             return False
         try:
-            data = encode_entry(value)
+            data = encode_entry(value, self.registry)
         except NotEncodable as exc:
             self._warn_once("enc:" + str(exc), "disk cache: not storing an output: %s", exc)
             return False

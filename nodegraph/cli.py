@@ -5,20 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from nodegraph.cache import DEFAULT_DISK_BYTES, DiskCache, default_cache_dir, parse_size
+from nodegraph.cache import DiskCache, parse_size
 from nodegraph.context import CancelToken
 from nodegraph.errors import WorkflowError
 from nodegraph.executor import Engine
 from nodegraph.files import atomic_write_bytes
 from nodegraph.graph import validate
 from nodegraph.node import REGISTRY
+from nodegraph.settings import DEFAULT_DISK_BYTES, EngineSettings, default_cache_dir
 from nodegraph.workflow import _decode_input, load_workflow
 
 COMMANDS_ENTRY_POINT = "nodegraph.commands"
@@ -82,6 +82,18 @@ def _usage_issue(message: str) -> Any:
     return Issue(kind="invalid_value", message=message)
 
 
+def _settings(args: argparse.Namespace) -> EngineSettings:
+    """The one place a run's settings are read from the environment and the command line."""
+    settings = EngineSettings.from_env(output_dir=Path(args.output_dir),
+                                       disk_cache_bytes=parse_size(args.cache_size))
+    if args.cache_dir:  # everything kept between runs moves with it (entries, built-in models, fingerprints)
+        root = Path(args.cache_dir).expanduser().resolve()
+        settings = settings.with_(cache_dir=root, state_dir=root)
+    if args.no_cache:  # no disk tier of node outputs; built-in models and fingerprints still live there
+        settings = settings.with_(cache_dir=None)
+    return settings
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         graph = load_workflow(args.file)
@@ -89,10 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except WorkflowError as err:
         _print_issues(err, False)
         return EXIT_INVALID
-    if args.cache_dir:  # everything kept between runs moves with it (entries, built-in models, fingerprints)
-        os.environ["NODEGRAPH_CACHE_DIR"] = str(Path(args.cache_dir).expanduser().resolve())
-    disk = None if args.no_cache else DiskCache(args.cache_dir, parse_size(args.cache_size))
-    engine = Engine(disk=disk)
+    engine = Engine(_settings(args))
     cancel = CancelToken()
 
     def on_sigint(signum: int, frame: Any) -> None:
@@ -176,7 +185,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    disk = DiskCache(args.cache_dir)
+    disk = DiskCache(Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir())
     if args.action == "stats":
         s = disk.stats()
         print(json.dumps({"path": s.path, "entries": s.entries, "bytes": s.bytes, "max_bytes": s.max_bytes}))

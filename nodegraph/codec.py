@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from nodegraph.node import REGISTRY
+from nodegraph.node import REGISTRY, Registry
 
 T = TypeVar("T")
 MAGIC = b"NGC1"
@@ -41,7 +41,7 @@ def _torch() -> Any:
     return sys.modules.get("torch")
 
 
-def _encode(value: Any, tensors: dict[str, Any]) -> Any:
+def _encode(value: Any, tensors: dict[str, Any], registry: Registry) -> Any:
     if value is None or isinstance(value, (bool, int, float, str, bytes)):
         return value
     torch = _torch()
@@ -50,42 +50,42 @@ def _encode(value: Any, tensors: dict[str, Any]) -> Any:
         tensors[name] = value.detach().to("cpu").contiguous().clone()
         return {"__t": name}
     if isinstance(value, tuple):
-        return {"__tuple": [_encode(v, tensors) for v in value]}
+        return {"__tuple": [_encode(v, tensors, registry) for v in value]}
     if isinstance(value, list):
-        return [_encode(v, tensors) for v in value]
+        return [_encode(v, tensors, registry) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {"__d": [[k, _encode(v, tensors)] for k, v in value.items()]}
+        return {"__d": [[k, _encode(v, tensors, registry)] for k, v in value.items()]}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         name = f"{type(value).__module__}.{type(value).__qualname__}"
-        if REGISTRY.payloads.get(name) is not type(value):
+        if registry.payloads.get(name) is not type(value):
             raise NotEncodable(f"{name} is not registered with @payload")
-        fields = {f.name: _encode(getattr(value, f.name), tensors) for f in dataclasses.fields(value)}
+        fields = {f.name: _encode(getattr(value, f.name), tensors, registry) for f in dataclasses.fields(value)}
         return {"__dc": name, "f": fields}
     raise NotEncodable(f"cannot store a {type(value).__name__} in the disk cache")
 
 
-def _decode(tree: Any, tensors: dict[str, Any]) -> Any:
+def _decode(tree: Any, tensors: dict[str, Any], registry: Registry) -> Any:
     if isinstance(tree, list):
-        return [_decode(v, tensors) for v in tree]
+        return [_decode(v, tensors, registry) for v in tree]
     if not isinstance(tree, dict):
         return tree
     if "__t" in tree:
         return tensors[tree["__t"]]
     if "__tuple" in tree:
-        return tuple(_decode(v, tensors) for v in tree["__tuple"])
+        return tuple(_decode(v, tensors, registry) for v in tree["__tuple"])
     if "__d" in tree:
-        return {k: _decode(v, tensors) for k, v in tree["__d"]}
+        return {k: _decode(v, tensors, registry) for k, v in tree["__d"]}
     if "__dc" in tree:
-        cls = REGISTRY.payloads.get(tree["__dc"])
+        cls = registry.payloads.get(tree["__dc"])
         if cls is None:
             raise CorruptEntry(f"entry names unregistered payload type {tree['__dc']!r}")
-        return cls(**{k: _decode(v, tensors) for k, v in tree["f"].items()})
+        return cls(**{k: _decode(v, tensors, registry) for k, v in tree["f"].items()})
     raise CorruptEntry("unknown tag in entry")
 
 
-def encode_entry(value: Any) -> bytes:
+def encode_entry(value: Any, registry: Registry | None = None) -> bytes:
     tensors: dict[str, Any] = {}
-    tree = _encode(value, tensors)
+    tree = _encode(value, tensors, registry or REGISTRY)
     blob = None
     if tensors:
         from safetensors.torch import save
@@ -95,7 +95,7 @@ def encode_entry(value: Any) -> bytes:
     return MAGIC + hashlib.blake2b(body, digest_size=_DIGEST).digest() + body
 
 
-def decode_entry(data: bytes) -> Any:
+def decode_entry(data: bytes, registry: Registry | None = None) -> Any:
     if len(data) < len(MAGIC) + _DIGEST or not data.startswith(MAGIC):
         raise CorruptEntry("truncated or foreign file")
     digest = data[len(MAGIC): len(MAGIC) + _DIGEST]
@@ -109,7 +109,7 @@ def decode_entry(data: bytes) -> Any:
             from safetensors.torch import load
 
             tensors = load(doc["st"])
-        return _decode(doc["tree"], tensors)
+        return _decode(doc["tree"], tensors, registry or REGISTRY)
     except CorruptEntry:
         raise
     except Exception as exc:  # a checksum-valid but unreadable entry is still only a cache miss

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from nodegraph.errors import Interrupted
+from nodegraph.settings import EngineSettings
 
 T = TypeVar("T")
 
@@ -78,6 +79,7 @@ class RunContext:
     resources: dict[type, Any]
     loaded: list[str]
     workflow_json: str | None = None
+    settings: EngineSettings = field(default_factory=EngineSettings)
 
     def progress(self, total: int) -> Progress:
         return Progress(self, total)

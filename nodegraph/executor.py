@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodegraph.cache import DEFAULT_MEMORY_BYTES, DiskCache, MemoryCache
+from nodegraph.cache import DiskCache, MemoryCache
 from nodegraph.context import CancelToken, RunContext, RunListener, SilentListener
 from nodegraph.errors import Interrupted, NodeExecutionError
 from nodegraph.graph import Graph, ValidGraph, validate
 from nodegraph.keys import node_key
 from nodegraph.node import REGISTRY, NodeSpec, Registry
+from nodegraph.settings import EngineSettings, use_settings
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +72,14 @@ def _as_outputs(spec: NodeSpec, result: Any) -> dict[str, Any]:
 class Engine:
     """Runs graphs; keeps the memory tier, the disk tier and session resources between runs."""
 
-    def __init__(
-        self,
-        *,
-        registry: Registry | None = None,
-        memory_bytes: int = DEFAULT_MEMORY_BYTES,
-        disk: DiskCache | None = None,
-    ):
+    def __init__(self, settings: EngineSettings | None = None, *, registry: Registry | None = None):
+        # No settings: a library caller's defaults, read from the environment once, here (the state
+        # directory and model budget), with no disk tier of node outputs.
+        self.settings = settings if settings is not None else EngineSettings.from_env(cache_dir=None)
         self.registry = registry or REGISTRY
-        self.memory = MemoryCache(memory_bytes)
-        self.disk = disk
+        self.memory = MemoryCache(self.settings.memory_cache_bytes)
+        self.disk = (DiskCache(self.settings.cache_dir, self.settings.disk_cache_bytes, registry=self.registry)
+                     if self.settings.cache_dir is not None else None)
         self.resources: dict[type, Any] = {}
 
     def run(
@@ -97,6 +96,11 @@ class Engine:
         """Validate (raises WorkflowError) then run. ``outputs`` limits which output nodes are demanded;
         by default every output node. Node failures raise NodeExecutionError unless ``raise_on_error``
         is False, in which case the result carries the error."""
+        with use_settings(self.settings):
+            return self._run(graph, outputs, Path(output_dir), listener, cancel, raise_on_error, workflow_json)
+
+    def _run(self, graph: Graph, outputs: list[str] | None, output_dir: Path, listener: RunListener | None,
+             cancel: CancelToken | None, raise_on_error: bool, workflow_json: str | None) -> RunResult:
         vg = validate(graph, outputs)
         result = RunResult(nodes={n: {"type": inst.type, "status": "skipped", "cache": None, "seconds": 0.0}
                                   for n, inst in graph.nodes.items()})
@@ -221,7 +225,7 @@ class Engine:
                 kwargs[name] = values[link.node][link.output]
             if spec.context_param is not None:
                 kwargs[spec.context_param] = RunContext(n, output_dir, listener, cancel, self.resources,
-                                                        result.loaded, workflow_json)
+                                                        result.loaded, workflow_json, self.settings)
             try:
                 raw = spec.fn(**kwargs)
                 produced = _as_outputs(spec, raw)

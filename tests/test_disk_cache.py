@@ -156,14 +156,16 @@ def test_parse_size():
 
 def test_runs_that_add_nothing_do_not_scan_the_cache(tmp_path, monkeypatch):
     from nodegraph import Engine
+    from nodegraph.settings import EngineSettings
     from tests.test_executor import chain
 
-    disk = DiskCache(tmp_path / "cache")
-    Engine(disk=disk).run(chain(), output_dir=tmp_path)
-    assert disk.wrote is False  # pruned after the run that wrote, which resets it
+    settings = EngineSettings(cache_dir=tmp_path / "cache")
+    engine = Engine(settings)
+    engine.run(chain(), output_dir=tmp_path)
+    assert engine.disk is not None and engine.disk.wrote is False  # pruned after the run that wrote: reset
     scans = []
     monkeypatch.setattr(DiskCache, "prune", lambda self, *a, **k: scans.append(1) or 0)
-    Engine(disk=DiskCache(tmp_path / "cache")).run(chain(), output_dir=tmp_path)  # everything from disk
+    Engine(settings).run(chain(), output_dir=tmp_path)  # everything from disk
     assert scans == []
-    Engine(disk=DiskCache(tmp_path / "cache")).run(chain(value=8), output_dir=tmp_path)  # writes new entries
+    Engine(settings).run(chain(value=8), output_dir=tmp_path)  # writes new entries
     assert scans == [1]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nodegraph import CancelToken, DiskCache, Engine, Graph, Interrupted, NodeExecutionError
+from nodegraph import CancelToken, Engine, Graph, Interrupted, NodeExecutionError
+from nodegraph.settings import EngineSettings
 from nodegraph.context import SilentListener
 
 
@@ -101,10 +102,10 @@ def test_cancel_between_steps_leaves_no_output(tmp_path):
 
 
 def test_disk_tier_serves_a_fresh_engine(tmp_path, calls):
-    disk = DiskCache(tmp_path / "cache")
-    Engine(disk=disk).run(chain(), output_dir=tmp_path)
+    settings = EngineSettings(cache_dir=tmp_path / "cache")
+    Engine(settings).run(chain(), output_dir=tmp_path)
     calls.clear()
-    result = Engine(disk=DiskCache(tmp_path / "cache")).run(chain(style="brackets"), output_dir=tmp_path)
+    result = Engine(settings).run(chain(style="brackets"), output_dir=tmp_path)
     assert result.nodes["s"] == {**result.nodes["s"], "status": "cached", "cache": "disk"}
     assert calls == ["Format", "WriteText"]  # Numbers were not needed: Add came from disk
     assert (tmp_path / "out.txt").read_text() == "[7]"
@@ -143,3 +144,30 @@ def test_memory_entry_gone_between_plan_and_read_triggers_a_replan(tmp_path, cal
     result = engine.run(chain(style="brackets"), output_dir=tmp_path)
     assert engine.memory.forgot and result.ok and (tmp_path / "out.txt").read_text() == "[7]"
     assert result.nodes["s"]["status"] == "cached"
+
+
+def test_two_engines_with_different_cache_dirs_do_not_see_each_others_files(tmp_path, calls):
+    one = Engine(EngineSettings(cache_dir=tmp_path / "one"))
+    two = Engine(EngineSettings(cache_dir=tmp_path / "two"))
+    one.run(chain(), output_dir=tmp_path / "out1")
+    calls.clear()
+    result = two.run(chain(), output_dir=tmp_path / "out2")
+    assert calls.count("Add") == 1 and result.nodes["s"]["status"] == "executed"
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["entries"]
+    one_entries = {p.name for p in (tmp_path / "one").rglob("*.ngc")}
+    assert one_entries and one_entries == {p.name for p in (tmp_path / "two").rglob("*.ngc")}
+    # Each engine's nodes see that engine's settings (state dir included), even between runs of the other.
+    seen = []
+    for engine in (one, two, one):
+        g = Graph()
+        g.add("WriteSettings", id="w")
+        engine.run(g, output_dir=tmp_path / "o")
+        seen.append(json_of(tmp_path / "o" / "settings.json"))
+    assert [s["state_root"] for s in seen] == [str(tmp_path / "one"), str(tmp_path / "two"), str(tmp_path / "one")]
+    assert [s["active"] for s in seen] == [s["state_root"] for s in seen]
+
+
+def json_of(path):
+    import json
+
+    return json.loads(path.read_text())

@@ -85,3 +85,16 @@ def Square(x: int) -> int:
     """x * x."""
     CALLS.append("Square")
     return x * x
+
+
+@node(category="toy", output=True)
+def WriteSettings(ctx: RunContext) -> list[str]:
+    """Write the engine settings this node sees (from ctx and from the active context) as JSON."""
+    import json
+
+    from nodegraph.settings import active_settings
+
+    path = Path(ctx.output_dir) / "settings.json"
+    doc = {"state_root": str(ctx.settings.state_root), "active": str(active_settings().state_root)}
+    atomic_write_bytes(path, json.dumps(doc).encode())
+    return [str(path)]
