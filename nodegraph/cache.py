@@ -9,6 +9,7 @@ reported once, and treated as a miss.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -108,9 +109,13 @@ def parse_size(text: str) -> int:
     s = text.strip().upper().replace(" ", "")
     num = s.rstrip("KMGTIB")
     unit = s[len(num):]
-    if unit not in units or not num:
+    try:
+        value = float(num) * units[unit] if num and unit in units else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
         raise ValueError(f"cannot read size {text!r}; write e.g. 500MiB, 10GiB or a number of bytes")
-    return int(float(num) * units[unit])
+    return int(value)
 
 
 class DiskCache:

@@ -98,3 +98,50 @@ def WriteSettings(ctx: RunContext) -> list[str]:
     doc = {"state_root": str(ctx.settings.state_root), "active": str(active_settings().state_root)}
     atomic_write_bytes(path, json.dumps(doc).encode())
     return [str(path)]
+
+
+@node(category="toy", outputs={"value": int})
+def TupleForOne() -> int:
+    """Wrong: one output, returns a tuple."""
+    return (1, 2)  # type: ignore[return-value]
+
+
+@node(category="toy", outputs={"value": int, "other": int})
+def DictMissing() -> dict[str, int]:
+    """Wrong: a dict without one of its outputs."""
+    return {"value": 1}
+
+
+@node(category="toy", outputs={"value": int, "other": int})
+def DictExtra() -> dict[str, int]:
+    """Wrong: a dict with a key that is no output."""
+    return {"value": 1, "other": 2, "third": 3}
+
+
+@node(category="toy", output=True)
+def WritesNothing(ctx: RunContext) -> list[str]:
+    """Wrong: an output node that writes nothing."""
+    return []
+
+
+@node(category="toy", output=True)
+def ClaimsMissingFile(ctx: RunContext) -> list[str]:
+    """Wrong: an output node that reports a file it did not write."""
+    return [str(Path(ctx.output_dir) / "never-written.txt")]
+
+
+@node(category="toy", outputs={"value": int})
+def Previewing(n: int, ctx: RunContext, steps: int = 4) -> int:
+    """Counts steps offering a preview at each; returns how many previews were built."""
+    from nodegraph.events import PreviewImage
+
+    built = []
+
+    def factory() -> PreviewImage:
+        built.append(1)
+        return PreviewImage("PNG", b"preview")
+
+    bar = ctx.progress(steps)
+    for _ in range(steps):
+        bar.update(preview=factory)
+    return len(built)
