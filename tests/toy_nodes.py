@@ -10,6 +10,7 @@ from pydantic import Field
 
 from nodegraph import RunContext, node, payload, rename_mapping
 from nodegraph.files import atomic_write_bytes
+from nodegraph.types import MODEL_SOURCE, READ_PATH, WRITE_PATH
 
 CALLS: list[str] = []  # which toy functions ran, for tests that count executions
 
@@ -145,3 +146,29 @@ def Previewing(n: int, ctx: RunContext, steps: int = 4) -> int:
     for _ in range(steps):
         bar.update(preview=factory)
     return len(built)
+
+
+@node(category="toy", outputs={"text": Text})
+def ReadText(path: Annotated[str, READ_PATH]) -> Text:
+    """Read a text file (a READ_PATH input: resolved and checked against the run's path policy)."""
+    return Text(Path(path).read_text())
+
+
+@node(category="toy", output=True)
+def SaveTextAs(text: Text, prefix: Annotated[str, WRITE_PATH] = "saved") -> list[str]:
+    """Write PREFIX.txt (a WRITE_PATH input: confined to the output directory unless allowed)."""
+    path = Path(f"{prefix}.txt")
+    atomic_write_bytes(path, text.value.encode())
+    return [str(path)]
+
+
+@node(category="toy", outputs={"text": Text})
+def SourceName(source: Annotated[str, MODEL_SOURCE]) -> Text:
+    """Echo a model source (a MODEL_SOURCE input: hub ids and schemes are not paths)."""
+    return Text(source)
+
+
+@node(category="toy", outputs={"value": float})
+def Scale(x: float, factor: float = 1.0) -> float:
+    """x * factor."""
+    return x * factor
