@@ -2,7 +2,9 @@
 
 Tensors go into one safetensors blob; everything else into a msgpack tree. Dataclasses are rebuilt only
 if they were registered with ``@payload`` (so a cache file can never name an arbitrary class to import).
-The whole entry carries a blake2b checksum so a torn or corrupted file is detected on read.
+The whole entry carries a blake2b checksum so a torn or corrupted file is detected on read, and its own
+cache key inside the checksummed body, so an entry copied or renamed under another key's name (or
+written by a foreign or future format) is refused rather than served as that key's value.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import msgpack
 from nodegraph.node import REGISTRY, Registry
 
 T = TypeVar("T")
-MAGIC = b"NGC1"
+MAGIC = b"NGC2"  # NGC1 entries carried no key: they read as foreign, are dropped and recomputed
 _DIGEST = 32
 
 
@@ -83,7 +85,7 @@ def _decode(tree: Any, tensors: dict[str, Any], registry: Registry) -> Any:
     raise CorruptEntry("unknown tag in entry")
 
 
-def encode_entry(value: Any, registry: Registry | None = None) -> bytes:
+def encode_entry(value: Any, registry: Registry | None = None, key: str = "") -> bytes:
     tensors: dict[str, Any] = {}
     tree = _encode(value, tensors, registry or REGISTRY)
     blob = None
@@ -91,19 +93,26 @@ def encode_entry(value: Any, registry: Registry | None = None) -> bytes:
         from safetensors.torch import save
 
         blob = save(tensors)
-    body = msgpack.packb({"tree": tree, "st": blob}, use_bin_type=True)
+    body = msgpack.packb({"key": key, "tree": tree, "st": blob}, use_bin_type=True)
     return MAGIC + hashlib.blake2b(body, digest_size=_DIGEST).digest() + body
 
 
-def decode_entry(data: bytes, registry: Registry | None = None) -> Any:
-    if len(data) < len(MAGIC) + _DIGEST or not data.startswith(MAGIC):
-        raise CorruptEntry("truncated or foreign file")
+def decode_entry(data: bytes, registry: Registry | None = None, key: str | None = None) -> Any:
+    """The value of an entry; ``key``: the key it must carry (a mismatch is a bad entry)."""
+    if not data.startswith(MAGIC[:3]):
+        raise CorruptEntry("foreign file")
+    if not data.startswith(MAGIC):
+        raise CorruptEntry(f"entry format {data[:4]!r} is not this version's {MAGIC!r}")
+    if len(data) <= len(MAGIC) + _DIGEST:
+        raise CorruptEntry("truncated entry (no body)")
     digest = data[len(MAGIC): len(MAGIC) + _DIGEST]
     body = data[len(MAGIC) + _DIGEST:]
     if hashlib.blake2b(body, digest_size=_DIGEST).digest() != digest:
         raise CorruptEntry("checksum mismatch")
     try:
         doc = msgpack.unpackb(body, raw=False)
+        if key is not None and doc["key"] != key:
+            raise CorruptEntry(f"entry carries key {str(doc['key'])[:12]}..., not {key[:12]}... (swapped or copied)")
         tensors: dict[str, Any] = {}
         if doc["st"] is not None:
             from safetensors.torch import load

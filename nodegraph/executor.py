@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nodegraph.cache import DiskCache, MemoryCache
+from nodegraph.cache import DiskCache, MemoryCache, Store
 from nodegraph.context import CancelToken, RunContext
 from nodegraph.errors import Interrupted, NodeExecutionError
 from nodegraph.events import (
@@ -118,7 +118,7 @@ class Engine:
         # directory and model budget), with no disk tier of node outputs.
         self.settings = settings if settings is not None else EngineSettings.from_env(cache_dir=None)
         self.registry = registry or REGISTRY
-        self.memory = MemoryCache(self.settings.memory_cache_bytes)
+        self.memory: Store = MemoryCache(self.settings.memory_cache_bytes)
         self.disk = (DiskCache(self.settings.cache_dir, self.settings.disk_cache_bytes, registry=self.registry)
                      if self.settings.cache_dir is not None else None)
         self.resources: dict[type, Any] = {}
@@ -158,7 +158,7 @@ class Engine:
         """The tier that would serve this node's result, if any."""
         if not _cacheable(spec):
             return None
-        if key in self.memory and (key, "memory") not in unusable:
+        if (key, "memory") not in unusable and self.memory.contains(key):
             return "memory"
         disk = self._disk()
         if spec.persist and disk is not None and (key, "disk") not in unusable and disk.contains(key):
@@ -285,8 +285,8 @@ class Engine:
                 self._serve(run, n, spec, key, run.by_key[key], "memory", time.perf_counter())
             elif action is Action.MEMORY:
                 t0 = time.perf_counter()
-                value = self.memory.get(key)
-                if value is None:  # evicted since planning, by a large entry this run added
+                found, value = self.memory.get(key)
+                if not found:  # evicted since planning, by a large entry this run added
                     raise _Unreadable(key, "memory")
                 self._serve(run, n, spec, key, value, "memory", t0)
             elif action is Action.DISK:

@@ -134,7 +134,7 @@ def test_memory_entry_gone_between_plan_and_read_triggers_a_replan(tmp_path, cal
         def get(self, key):
             if not self.forgot:
                 self.forgot = True
-                return None
+                return False, None
             return super().get(key)
 
     engine = Engine()
@@ -154,11 +154,11 @@ def test_a_memory_tier_that_always_misses_still_runs_everything(tmp_path, calls)
     from nodegraph.cache import MemoryCache
 
     class Liar(MemoryCache):
-        def __contains__(self, key):
+        def contains(self, key):
             return True
 
         def get(self, key):
-            return None
+            return False, None
 
     engine = Engine()
     engine.memory = Liar()
