@@ -339,7 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # inside the try: a reader that went away is handled below, not at exit
+        return code
     except WorkflowError as err:
         _print_issues(err, False)
         return EXIT_INVALID

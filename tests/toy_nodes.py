@@ -172,3 +172,15 @@ def SourceName(source: Annotated[str, MODEL_SOURCE]) -> Text:
 def Scale(x: float, factor: float = 1.0) -> float:
     """x * factor."""
     return x * factor
+
+
+@node(category="toy", outputs={"value": int})
+def Stubborn(n: int, ctx: RunContext, seconds: float = 60.0) -> int:
+    """Sleeps without checking for cancellation (a long library call): only a second Ctrl-C stops it."""
+    import time
+
+    ctx.progress(1)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+    return n
