@@ -225,7 +225,7 @@ def SaveImage(
     ctx: RunContext,
     prefix: Annotated[str, WRITE_PATH, Field(description="file name prefix under the output directory (may "
                                                         "name a sub-folder)")] = "nodegraph",
-    path: Annotated[str | None, WRITE_PATH, Field(description="an explicit file to write instead")] = None,
+    path: Annotated[str, WRITE_PATH, Field(description="an explicit file to write instead")] | None = None,
     format: Literal["png", "jpeg", "webp"] = "png",
     quality: Annotated[int, Field(ge=1, le=100, description="JPEG/WebP quality")] = 95,
     embed_workflow: Annotated[bool, Field(description="store the workflow in PNG text")] = True,

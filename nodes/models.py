@@ -335,8 +335,8 @@ def LoadCheckpoint(
     vae_tiling: bool = False,
     vae_slicing: bool = False,
     quantize: Quantize = "none",
-    config: Annotated[str | None, MODEL_SOURCE, Field(description="configs for a single-file checkpoint of "
-                                                                  "another architecture")] = None,
+    config: Annotated[str, MODEL_SOURCE, Field(description="configs for a single-file checkpoint of another "
+                                                           "architecture")] | None = None,
 ) -> Checkpoint:
     """Load an SDXL checkpoint lazily: returns handles; weights are read when a node first needs them.
 

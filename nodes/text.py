@@ -96,7 +96,7 @@ def EncodePrompt(
     clip: ClipHandle,
     prompt: Annotated[str, Field(description="the text for CLIP ViT-L (and for ViT-bigG unless prompt_2 is set)")],
     ctx: RunContext,
-    prompt_2: Annotated[str | None, Field(description="the text for OpenCLIP ViT-bigG")] = None,
+    prompt_2: Annotated[str, Field(description="the text for OpenCLIP ViT-bigG")] | None = None,
     clip_skip: Annotated[int, Field(ge=0, le=10, description="skip this many final CLIP layers")] | None = None,
     weighting: Annotated[bool, Field(description="read (word:1.3) emphasis and encode long prompts in chunks")]
     = True,
