@@ -71,16 +71,25 @@ def max_input_pixels(ctx: RunContext | None) -> int:
     return int(getattr(settings, "max_input_pixels", DEFAULT_MAX_PIXELS))
 
 
+def regular_file(path: str, what: str, max_bytes: int | None = None) -> Path:
+    """The path of an existing regular file; a directory, a device such as /dev/zero, a pipe or (with
+    ``max_bytes``) an oversized file is refused with a message that says which."""
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{p}: is a directory, not {what}")
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file ({what})")
+    if not p.is_file():
+        raise ValueError(f"{p}: not a regular file (a device, pipe or socket cannot be read as {what})")
+    if max_bytes is not None and p.stat().st_size > max_bytes:
+        raise ValueError(f"{p}: {p.stat().st_size} bytes is over the {max_bytes}-byte limit for {what}")
+    return p
+
+
 def open_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImage.Image:
     """Open and decode an image file, refusing directories, special files and images over ``max_pixels``
     (checked from the header, before the pixels are decoded). Multi-frame files give their first frame."""
-    p = Path(path)
-    if p.is_dir():
-        raise IsADirectoryError(f"{p}: is a directory, not an image file")
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such image file")
-    if not p.is_file():
-        raise ValueError(f"{p}: not a regular file (a device, pipe or socket cannot be read as an image)")
+    p = regular_file(path, "an image file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)  # our own limit applies below
@@ -106,12 +115,7 @@ def open_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImage.Imag
 
 
 def _path_fingerprint(path: str, **_: Any) -> str:
-    p = Path(path)
-    if p.is_dir():
-        raise IsADirectoryError(f"{p}: is a directory, not an image file")
-    if not p.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    return file_fingerprint(path)
+    return file_fingerprint(regular_file(path, "an image file"))
 
 
 def _resize_pil(img: PILImage.Image, size: tuple[int, int], mode: str = "lanczos") -> PILImage.Image:

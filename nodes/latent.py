@@ -14,7 +14,7 @@ from nodegraph.files import atomic_write_bytes
 from nodegraph.keys import file_fingerprint
 from nodegraph.node import PERSIST, CachePolicy
 from nodegraph.types import READ_PATH, WRITE_PATH
-from nodes.image import Size, check_same_size
+from nodes.image import Size, check_same_size, regular_file
 from nodes.models import VaeHandle, manager
 from nodes.payloads import Image, Latent, Mask, require_finite
 
@@ -177,18 +177,7 @@ def SaveLatent(latent: Latent,
 
 
 def _latent_file(path: str) -> Path:
-    """A regular file of a sane size: never a directory, a device such as /dev/zero, or a pipe."""
-    p = Path(path)
-    if p.is_dir():
-        raise IsADirectoryError(f"{p}: is a directory, not a latent file")
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no such latent file")
-    if not p.is_file():
-        raise ValueError(f"{p}: not a regular file (a device, pipe or socket cannot be read as latents)")
-    size = p.stat().st_size
-    if size > MAX_LATENT_FILE_BYTES:
-        raise ValueError(f"{p}: {size} bytes is over the {MAX_LATENT_FILE_BYTES}-byte limit for a latent file")
-    return p
+    return regular_file(path, "a latent file", MAX_LATENT_FILE_BYTES)
 
 
 def _latent_fingerprint(path: str, **_: Any) -> str:

@@ -137,11 +137,12 @@ def nf4_config(library: Literal["diffusers", "transformers"]) -> Any:
     """bitsandbytes 4-bit NF4 config for from_pretrained (weights quantized while loading)."""
     import torch
 
+    config_cls: Any
     if library == "diffusers":
-        from diffusers import BitsAndBytesConfig
+        from diffusers import BitsAndBytesConfig as config_cls
     else:
-        from transformers import BitsAndBytesConfig
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16)
+        from transformers import BitsAndBytesConfig as config_cls
+    return config_cls(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16)
 
 
 def place(model: Any, component: str, device: str, options: MemoryOptions) -> tuple[Any, Any]:
