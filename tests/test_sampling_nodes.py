@@ -8,8 +8,6 @@ import torch
 from nodegraph import Engine, WorkflowError, validate
 from tests.sdxl_graphs import inpaint_graph
 
-pytestmark = pytest.mark.slow  # every test here runs the tiny model end to end
-
 
 @pytest.mark.parametrize("sampler, scheduler, fragment", [
     ("ddim", "karras", "has no 'use_karras_sigmas'"),
@@ -24,6 +22,7 @@ def test_impossible_sampler_schedule_pairs_fail_validation(tiny_models, sampler,
     assert issue.kind == "unsupported_option" and issue.node == "sample" and fragment in issue.message
 
 
+@pytest.mark.slow
 def test_every_listed_sampler_runs(tiny_models, tmp_path):
     from nodes.schedulers import SAMPLERS
 
