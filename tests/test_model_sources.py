@@ -56,6 +56,7 @@ def test_a_corrupt_config_folder_is_refused_at_validation(tmp_path):
     assert [(i.node, i.input) for i in info.value.issues] == [("checkpoint", "config")]
 
 
+@pytest.mark.slow
 def test_corrupt_weights_give_a_clear_error(tiny_models, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_models[9], broken)
@@ -84,6 +85,7 @@ def test_hub_id_offline_names_the_id(tmp_path, monkeypatch):
     assert "diffusers/stable-diffusion-xl-1.0-inpainting-0.1" in str(info.value) and "HF_HUB_OFFLINE" in str(info.value)
 
 
+@pytest.mark.slow
 def test_builtin_model_is_built_on_first_use(tmp_path, monkeypatch):
     monkeypatch.setenv("NODEGRAPH_CACHE_DIR", str(tmp_path / "fresh-cache"))
     result = run(ckpt_graph("builtin:tiny-sdxl", str(tmp_path / "lat")), tmp_path)
@@ -153,6 +155,7 @@ def test_real_clip_vocabulary_gives_clips_token_ids(tmp_path):
     assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
 
 
+@pytest.mark.slow
 def test_single_file_checkpoint_gives_the_same_images_as_its_folder(tiny_models, tmp_path):
     """A tiny model written in the original single-file layout, converted with diffusers' converter (once,
     then from the conversion cache), produces exactly the images of the diffusers folder it came from."""
@@ -181,6 +184,7 @@ def test_config_only_applies_to_single_files(tiny_models, tmp_path):
         run(g, tmp_path)
 
 
+@pytest.mark.slow
 def test_single_file_keeps_a_float32_vae_beside_a_float16_model(tiny_models, tmp_path):
     from safetensors.torch import load_file
 
