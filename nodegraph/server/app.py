@@ -359,13 +359,8 @@ class Server:
 
     def _validate(self, graph: Any, targets: list[str] | None) -> None:
         """Full validation, HTTP path policy included, before anything is journaled."""
-        try:
-            from nodegraph.validation import validate  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:  # before the engine branch: validation without a path policy
-            from nodegraph.graph import validate as legacy_validate
+        from nodegraph.validation import validate
 
-            legacy_validate(graph, targets)
-            return
         validate(graph, targets, policy=http_policy(self.config.engine))
 
     async def get_prompt(self, request: web.Request) -> web.StreamResponse:

@@ -6,9 +6,7 @@ reports progress. The HTTP side only journals prompts and wakes the worker, so i
 
 from __future__ import annotations
 
-import inspect
 import logging
-import os
 import threading
 import time
 import uuid
@@ -30,7 +28,6 @@ from nodegraph.events import (
     RunFailed,
     RunFinished,
     RunInterrupted,
-    RunListener,
     RunStarted,
 )
 from nodegraph.node import Registry
@@ -57,7 +54,7 @@ from .protocol import (
 from .translate import comfy_id_of
 
 if TYPE_CHECKING:
-    from nodegraph.executor import Engine, RunResult
+    from nodegraph.executor import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +283,9 @@ class Worker:
         if "models" in self._free:
             engine.resources.clear()
         if "memory" in self._free:
-            engine.memory.clear()
+            clear = getattr(engine.memory, "clear", None)  # a Store may be shared (batch): clear only if it can
+            if callable(clear):
+                clear()
         self._free.clear()
         try:
             import gc
@@ -310,11 +309,10 @@ class Worker:
         listener = PromptListener(row, self._send, self.settings.output_dir, types,
                                   wants_previews(row.extra_data, self._previews), graph.metadata)
         try:
-            result = run_engine(self.engine, graph, listener=listener, cancel=cancel,
-                                previews=self._preview_settings if listener.previews else None,
-                                policy=http_policy(self.settings), run_id=row.prompt_id,
-                                outputs=row.targets or None, workflow_json=workflow_json(row),
-                                output_dir=self.settings.output_dir)
+            result = self.engine.run(graph, outputs=row.targets or None, listener=listener, cancel=cancel,
+                                     raise_on_error=False, workflow_json=workflow_json(row),
+                                     previews=self._preview_settings if listener.previews else None,
+                                     policy=http_policy(self.settings), run_id=row.prompt_id)
             loaded = ", ".join(result.loaded) or "nothing"
         except WorkflowError as err:  # the files changed since the prompt was accepted
             listener.fail(RunError(None, None, "WorkflowError", str(err)))
@@ -343,73 +341,10 @@ def workflow_json(row: Row) -> str:
 
 
 # ---- the engine --------------------------------------------------------------------------------------
-# The long-lived Engine API (settings, typed events, policy) is being merged from the `engine` branch; until
-# then the current Engine is driven through a small adapter that produces the same typed events.
 def make_engine(settings: EngineSettings, registry: Registry) -> Engine:
     from nodegraph.executor import Engine
 
-    engine_cls: Any = Engine  # either constructor signature type-checks until the engine branch is merged
-    if "settings" in inspect.signature(Engine.__init__).parameters:
-        return engine_cls(settings, registry=registry)  # type: ignore[no-any-return]
-    from nodegraph.cache import DiskCache
-
-    if settings.state_dir or settings.cache_dir:  # the current engine finds built-in models through it
-        os.environ["NODEGRAPH_CACHE_DIR"] = str(settings.state_dir or settings.cache_dir)
-    disk = DiskCache(settings.cache_dir, settings.disk_cache_bytes) if settings.cache_dir else None
-    return engine_cls(registry=registry, memory_bytes=settings.memory_cache_bytes, disk=disk)  # type: ignore[no-any-return]
-
-
-def run_engine(engine: Engine, graph: Any, *, listener: RunListener, cancel: CancelToken,
-               previews: PreviewSettings | None, policy: PathPolicy, run_id: str, outputs: list[str] | None,
-               workflow_json: str, output_dir: Path) -> RunResult:
-    run: Any = engine.run
-    if "policy" in inspect.signature(run).parameters:
-        return run(graph, outputs=outputs, listener=listener, cancel=cancel,  # type: ignore[no-any-return]
-                   raise_on_error=False, workflow_json=workflow_json, previews=previews, policy=policy, run_id=run_id)
-    return _run_legacy(engine, graph, listener, cancel, run_id, outputs, workflow_json, output_dir)
-
-
-class _LegacyAdapter:
-    def __init__(self, listener: RunListener, types: dict[str, str], output_types: set[str]):
-        self._listener = listener
-        self._types = types
-        self._outputs = output_types
-        self.last: str | None = None
-
-    def node_started(self, node_id: str, node_type: str) -> None:
-        self.last = node_id
-        self._listener.on_event(NodeStarted(node_id, node_type))
-
-    def node_progress(self, node_id: str, done: int, total: int) -> None:
-        self._listener.on_event(NodeProgress(node_id, done, total))
-
-    def node_finished(self, node_id: str, status: str) -> None:
-        if node_id in self._outputs and status == "executed":
-            return  # announced after the run, when its files are known
-        self._listener.on_event(NodeFinished(node_id, self._types[node_id], NodeStatus(status), 0.0))
-
-
-def _run_legacy(engine: Any, graph: Any, listener: RunListener, cancel: CancelToken, run_id: str,
-                outputs: list[str] | None, workflow_json: str, output_dir: Path) -> RunResult:
-    types = {n: inst.type for n, inst in graph.nodes.items()}
-    output_types = {n for n, t in types.items() if (s := graph.registry.get(t)) is not None and s.is_output}
-    adapter = _LegacyAdapter(listener, types, output_types)
-    listener.on_event(RunStarted(run_id, (), ()))
-    result: RunResult = engine.run(graph, outputs=outputs, output_dir=output_dir, listener=adapter, cancel=cancel,
-                                   raise_on_error=False, workflow_json=workflow_json)
-    for node_id, files in result.outputs.items():
-        listener.on_event(NodeFinished(node_id, types[node_id], NodeStatus.EXECUTED, 0.0, tuple(files)))
-    err = result.error or {}
-    if result.ok:
-        listener.on_event(RunFinished(run_id, result.seconds))
-    elif result.interrupted:
-        listener.on_event(RunInterrupted(run_id, result.seconds, err.get("node") or adapter.last,
-                                         err.get("type") or types.get(adapter.last or "")))
-    else:
-        listener.on_event(RunFailed(run_id, result.seconds, RunError(err.get("node"), err.get("type"),
-                                                                     str(err.get("exception")),
-                                                                     str(err.get("message")))))
-    return result
+    return Engine(settings, registry=registry)
 
 
 def new_prompt_id() -> str:
