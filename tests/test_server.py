@@ -395,7 +395,7 @@ def test_restart_runs_pending_prompts_and_keeps_history(tmp_path, builtin_models
     prompt["sample"]["inputs"]["steps"] = 2
     first = run_prompt(s, {"prompt": prompt})[0]
     long = json.loads(json.dumps(prompt))
-    long["sample"]["inputs"]["steps"] = 40
+    long["sample"]["inputs"]["steps"] = 16
     running = s.post("/prompt", json={"prompt": long}).json()["prompt_id"]
     later = [s.post("/prompt", json={"prompt": {**prompt, "sample": {**prompt["sample"], "inputs": {
         **prompt["sample"]["inputs"], "seed": 5 + i}}}}).json()["prompt_id"] for i in range(2)]
@@ -526,6 +526,24 @@ def test_upload_names_sizes_and_overwrite(server):
     assert up("x.png", png, subfolder="../out").status_code == 400
     assert up("x.png", b"not an image at all").status_code == 400
     assert up("x.png", png, type="models").status_code == 400
+
+
+def test_view_reencodes_on_request_and_never_serves_a_page(server):
+    from PIL import Image
+
+    png = (ROOT / "workflows/demo_image_alpha.png").read_bytes()
+    r = server.post("/upload/image", files={"image": ("page.html", png, "image/png")}, data={"overwrite": "true"})
+    assert r.status_code == 200
+    page = server.get("/view", params={"filename": "page.html", "type": "input"})
+    assert page.headers["content-type"] == "application/octet-stream"  # a download, never HTML on our origin
+    assert page.headers["x-content-type-options"] == "nosniff" and page.content == png
+    thumb = server.get("/view", params={"filename": "demo_image_alpha.png", "type": "input", "preview": "jpeg;50"})
+    assert thumb.headers["content-type"] == "image/jpeg"
+    with Image.open(io.BytesIO(thumb.content)) as img, Image.open(io.BytesIO(png)) as original:
+        assert img.format == "JPEG" and img.size == original.size
+        alpha = server.get("/view", params={"filename": "demo_image_alpha.png", "type": "input", "channel": "a"})
+        with Image.open(io.BytesIO(alpha.content)) as a:
+            assert a.mode == "RGBA" and a.getchannel("A").tobytes() == original.getchannel("A").tobytes()
 
 
 def test_upload_size_cap_and_decompression_bombs(tmp_path):

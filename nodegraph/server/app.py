@@ -27,7 +27,17 @@ from nodegraph.errors import Issue, WorkflowError
 from nodegraph.node import REGISTRY, Registry
 from nodegraph.settings import EngineSettings
 
-from .files import FileAccessError, Folders, clean_upload_name, confined, mask_into_image, store_upload, verify_image
+from .files import (
+    FileAccessError,
+    Folders,
+    clean_upload_name,
+    confined,
+    mask_into_image,
+    served_content_type,
+    store_upload,
+    verify_image,
+    view_variant,
+)
 from .journal import Journal, Row
 from .object_info import object_info
 from .protocol import (
@@ -499,7 +509,17 @@ class Server:
             return web.json_response({"error": str(exc)}, status=exc.status)
         if not path.is_file():
             return web.json_response({"error": "no such file"}, status=404)
-        return web.FileResponse(path, headers={"Content-Disposition": f'filename="{path.name}"'})
+        headers = {"Content-Disposition": f'filename="{path.name}"', "X-Content-Type-Options": "nosniff"}
+        try:
+            variant = await asyncio.to_thread(view_variant, path, q.get("preview"), q.get("channel"),
+                                              self.config.engine.max_input_pixels)
+        except FileAccessError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+        except Exception:  # not an image Pillow can read: only the file itself can be served
+            return web.json_response({"error": "preview and channel need an image"}, status=400)
+        if variant is not None:
+            return web.Response(body=variant[0], content_type=variant[1], headers=headers)
+        return web.FileResponse(path, headers={**headers, "Content-Type": served_content_type(path)})
 
     async def _upload(self, request: web.Request, mask: bool) -> web.StreamResponse:
         try:
