@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 from PIL import PngImagePlugin
 from pydantic import Field
 
-from nodegraph import ComfyMapping, RunContext, node, payload, rename_mapping
+from nodegraph import RunContext, node, payload
 from nodegraph.files import atomic_write_bytes, write_numbered
 from nodegraph.keys import file_fingerprint
 from nodegraph.workflow import PNG_TEXT_KEY
@@ -71,8 +71,7 @@ def _resize_pil(img: PILImage.Image, size: tuple[int, int], mode: str = "lanczos
 
 
 @node(category="image", version=1, outputs={"image": Image, "mask": Mask}, fingerprint=_path_fingerprint,
-      content_inputs=("path",),
-      comfy=rename_mapping("LoadImage", "LoadImage", {"image": "path"}, ("image", "mask")))
+      content_inputs=("path",))
 def LoadImage(path: str, round_to: Annotated[int, Field(ge=1, le=64)] = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """Load an image file as RGB; its alpha channel (if any) becomes the mask: transparent = repaint.
 
@@ -119,8 +118,7 @@ def LoadMask(path: str, channel: MaskChannel = "luminance", invert: bool = False
     return 1.0 - mask if invert else mask
 
 
-@node(category="image", version=1, output=True,
-      comfy=rename_mapping("SaveImage", "SaveImage", {"images": "image", "filename_prefix": "prefix"}, ()))
+@node(category="image", version=1, output=True)
 def SaveImage(
     image: Image,
     ctx: RunContext,
@@ -211,15 +209,7 @@ def _gaussian_blur(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return m[:, 0]
 
 
-def _comfy_composite(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    if inputs.get("x", 0) or inputs.get("y", 0):
-        raise ValueError("ImageCompositeMasked with an x/y offset is not supported; only x=0, y=0")
-    return {"": {"type": "CompositeMasked", "inputs": {"original": inputs["destination"],
-                                                      "generated": inputs["source"], "mask": inputs["mask"]}}}
-
-
-@node(category="image", version=1, outputs={"image": Image}, persist=True,
-      comfy=ComfyMapping("ImageCompositeMasked", _comfy_composite, (("", "image"),)))
+@node(category="image", version=1, outputs={"image": Image}, persist=True)
 def CompositeMasked(original: Image, generated: Image, mask: Mask,
                     feather: Annotated[int, Field(ge=0, le=256)] = 0) -> torch.Tensor:
     """Paste the generated pixels into the original only where the mask is set.

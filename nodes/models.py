@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from nodegraph import RunContext, node, rename_mapping
+from nodegraph import RunContext, node
 from nodegraph.cache import default_cache_dir, parse_size
 from nodes.memory import (
     QUANTIZED_COMPONENTS,
@@ -278,9 +278,7 @@ def _check_options(device: str = "auto", offload: str = "none", attention: str =
 
 
 @node(category="loaders", version=2, outputs={"unet": UNetHandle, "clip": ClipHandle, "vae": VaeHandle},
-      fingerprint=_source_fingerprint, content_inputs=("source", "config"), always_run=True, check=_check_options,
-      comfy=rename_mapping("CheckpointLoaderSimple", "LoadCheckpoint", {"ckpt_name": "source"},
-                           ("unet", "clip", "vae")))
+      fingerprint=_source_fingerprint, content_inputs=("source", "config"), always_run=True, check=_check_options)
 def LoadCheckpoint(
     source: str,
     dtype: DType = "auto",

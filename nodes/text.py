@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import torch
 from pydantic import Field
 
-from nodegraph import ComfyMapping, RunContext, node, rename_mapping
+from nodegraph import RunContext, node
 from nodes.models import ClipHandle, manager
 from nodes.payloads import Conditioning
 from nodes.prompt_syntax import has_weighting, parse_weighted
@@ -62,16 +62,7 @@ def _encode_chunked(tokenizer: Any, encoder: Any, text: str, clip_skip: int | No
     return torch.cat(hidden_chunks, dim=1), first
 
 
-def _comfy_sdxl_encode(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    # ComfyUI puts size conditioning here; ours belongs to Sample (original_size / target_size).
-    return {"": {"type": "EncodePrompt", "inputs": {"clip": inputs["clip"], "prompt": inputs.get("text_l", ""),
-                                                   "prompt_2": inputs.get("text_g", "")}}}
-
-
-@node(category="conditioning", version=1, outputs={"conditioning": Conditioning}, persist=True,
-      comfy=(rename_mapping("CLIPTextEncode", "EncodePrompt", {"text": "prompt", "clip": "clip"},
-                            ("conditioning",)),
-             ComfyMapping("CLIPTextEncodeSDXL", _comfy_sdxl_encode, (("", "conditioning"),))))
+@node(category="conditioning", version=1, outputs={"conditioning": Conditioning}, persist=True)
 def EncodePrompt(
     clip: ClipHandle,
     prompt: str,

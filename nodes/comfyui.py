@@ -1,0 +1,313 @@
+"""ComfyUI's core class_types: each one's input spec (as ComfyUI declares it) and its mapping onto our nodes.
+
+One declaration per class_type (``ComfyClass``): the UI-format converter, the API-format importer and
+the server's ``object_info`` all read it. Specs follow ComfyUI's ``nodes.py`` / ``comfy_extras``
+(names, order, defaults, ranges); where we behave differently, docs/comfyui.md says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nodegraph.comfy_spec import MAX_RESOLUTION, SEED_MAX, ComfyClass, ComfyInput, register_comfy
+from nodegraph.node import REGISTRY
+
+Inputs = dict[str, Any]
+Expanded = dict[str, dict[str, Any]]
+
+# ComfyUI's KSampler lists (comfy/samplers.py).
+COMFY_SAMPLERS = (
+    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2", "dpm_2",
+    "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp",
+    "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
+    "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm",
+    "ipndm_v", "deis", "res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral",
+    "res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2",
+    "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
+)
+COMFY_SCHEDULERS = ("simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
+                    "linear_quadratic", "kl_optimal")
+# The same algorithm under another name (ComfyUI's *_gpu variants only draw their noise on the GPU).
+_SAMPLER_ALIASES = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde",
+                    "dpmpp_3m_sde_gpu": "dpmpp_3m_sde", "dpmpp_2m_sde_heun_gpu": "dpmpp_2m_sde_heun"}
+# What to use instead when ours has no implementation (tried in order; the first one we have wins).
+_SAMPLER_INSTEAD = {
+    "euler_cfg_pp": ("euler",), "euler_ancestral_cfg_pp": ("euler_ancestral",), "heunpp2": ("heun",),
+    "dpm_fast": ("dpmpp_2m",), "dpm_adaptive": ("dpmpp_2m",), "dpmpp_2s_ancestral": ("euler_ancestral",),
+    "dpmpp_2s_ancestral_cfg_pp": ("dpmpp_2s_ancestral", "euler_ancestral"), "dpmpp_2m_cfg_pp": ("dpmpp_2m",),
+    "dpmpp_2m_sde_heun": ("dpmpp_2m_sde",), "dpmpp_3m_sde": ("dpmpp_2m_sde",), "ipndm": ("deis", "dpmpp_2m"),
+    "ipndm_v": ("deis", "dpmpp_2m"), "res_multistep": ("dpmpp_2m",), "res_multistep_cfg_pp": ("dpmpp_2m",),
+    "res_multistep_ancestral": ("euler_ancestral",), "res_multistep_ancestral_cfg_pp": ("euler_ancestral",),
+    "gradient_estimation": ("dpmpp_2m",), "gradient_estimation_cfg_pp": ("dpmpp_2m",), "er_sde": ("dpmpp_2m_sde",),
+    "seeds_2": ("dpmpp_sde",), "seeds_3": ("dpmpp_sde",), "sa_solver": ("dpmpp_2m_sde",),
+    "sa_solver_pece": ("dpmpp_2m_sde",), "uni_pc_bh2": ("uni_pc",),
+}
+_SCHEDULER_INSTEAD = {"simple": ("simple", "sgm_uniform"), "ddim_uniform": ("ddim_uniform", "sgm_uniform"),
+                      "linear_quadratic": ("linear_quadratic", "normal"), "kl_optimal": ("kl_optimal", "karras")}
+
+
+def _choices(node_type: str, input_name: str) -> tuple[str, ...]:
+    spec = REGISTRY.get(node_type)
+    described = spec.inputs[input_name].describe() if spec and input_name in spec.inputs else {}
+    return tuple(described.get("choices", ()))
+
+
+def _translate_name(name: str, what: str, ours: tuple[str, ...], instead: dict[str, tuple[str, ...]],
+                    aliases: dict[str, str]) -> str:
+    """Our name for a ComfyUI sampler/scheduler name, or ValueError naming what to use instead."""
+    name = aliases.get(name, name)
+    if name in ours:
+        return name
+    options = [n for n in instead.get(name, ()) if n in ours]
+    if options:
+        hint = f"use {options[0]!r} instead" if options[0] != name else ""
+        raise ValueError(f"{what} {name!r} is not implemented here; {hint}")
+    raise ValueError(f"{what} {name!r} is not implemented here; choose one of {list(ours)}")
+
+
+def comfy_sampler(name: str) -> str:
+    return _translate_name(name, "sampler", _choices("Sample", "sampler"), _SAMPLER_INSTEAD, _SAMPLER_ALIASES)
+
+
+def comfy_scheduler(name: str) -> str:
+    return _translate_name(name, "scheduler", _choices("Sample", "scheduler"), _SCHEDULER_INSTEAD, {})
+
+
+# ---- spec helpers -------------------------------------------------------------------------------
+def _int(name: str, default: int, lo: float, hi: float, step: int = 1, **kw: Any) -> ComfyInput:
+    return ComfyInput(name, "INT", default, lo, hi, step, **kw)
+
+
+def _float(name: str, default: float, lo: float, hi: float, step: float = 0.01, **kw: Any) -> ComfyInput:
+    return ComfyInput(name, "FLOAT", default, lo, hi, step, **kw)
+
+
+def _str(name: str, default: str = "", multiline: bool = False, **kw: Any) -> ComfyInput:
+    return ComfyInput(name, "STRING", default, multiline=multiline, **kw)
+
+
+def _bool(name: str, default: bool, **kw: Any) -> ComfyInput:
+    return ComfyInput(name, "BOOLEAN", default, **kw)
+
+
+def _combo(name: str, choices: tuple[str, ...], default: str | None = None, **kw: Any) -> ComfyInput:
+    return ComfyInput(name, "COMBO", default if default is not None else (choices[0] if choices else None),
+                      choices=choices, **kw)
+
+
+def _link(name: str, socket: str, optional: bool = False) -> ComfyInput:
+    return ComfyInput(name, socket, optional=optional)
+
+
+def _one(node_type: str, **fixed: Any) -> Any:
+    """An expand function for one node of ours: ``fixed`` maps our input name to ComfyUI's (``"<name>"``)
+    or to a literal (any other value)."""
+
+    def expand(inputs: Inputs) -> Expanded:
+        ours: dict[str, Any] = {}
+        for our_name, source in fixed.items():
+            if isinstance(source, str) and source.startswith("<") and source.endswith(">"):
+                if source[1:-1] in inputs and inputs[source[1:-1]] is not None:
+                    ours[our_name] = inputs[source[1:-1]]
+            else:
+                ours[our_name] = source
+        return {"": {"type": node_type, "inputs": ours}}
+
+    return expand
+
+
+def _cls(class_type: str, expand: Any, outputs: tuple[tuple[str, str], ...], inputs: tuple[ComfyInput, ...],
+         types: tuple[str, ...], names: tuple[str, ...] = (), *, category: str, display: str = "",
+         output_node: bool = False, description: str = "", hidden: dict[str, str] | None = None) -> ComfyClass:
+    return ComfyClass(class_type, expand, outputs, inputs, types, names, output_node, category, display, description,
+                      hidden or {})
+
+
+# ---- sampling -----------------------------------------------------------------------------------
+def _sample(inputs: Inputs, seed: Any, **extra: Any) -> Expanded:
+    ours = {"unet": inputs["model"], "seed": seed, "steps": inputs.get("steps", 20),
+            "guidance_scale": inputs.get("cfg", 8.0), "sampler": comfy_sampler(inputs.get("sampler_name", "euler")),
+            "scheduler": comfy_scheduler(inputs.get("scheduler", "normal")), "positive": inputs["positive"],
+            "negative": inputs.get("negative"), "latent": inputs["latent_image"], **extra}
+    return {"": {"type": "Sample", "inputs": {k: v for k, v in ours.items() if v is not None}}}
+
+
+def _ksampler(inputs: Inputs) -> Expanded:
+    return _sample(inputs, inputs.get("seed", 0), strength=inputs.get("denoise", 1.0))
+
+
+def _ksampler_advanced(inputs: Inputs) -> Expanded:
+    # ComfyUI counts in steps; diffusers' denoising_start/end are fractions of the schedule.
+    steps = int(inputs.get("steps", 20))
+    start, end = int(inputs.get("start_at_step", 0)), int(inputs.get("end_at_step", 10000))
+    return _sample(inputs, inputs.get("noise_seed", 0), strength=1.0,
+                   denoising_start=start / steps if 0 < start < steps else None,
+                   denoising_end=end / steps if 0 < end < steps else None)
+
+
+_SAMPLER_INPUTS = (
+    _combo("sampler_name", COMFY_SAMPLERS, "euler", tooltip="The sampling algorithm."),
+    _combo("scheduler", COMFY_SCHEDULERS, "simple", tooltip="How the noise levels are spaced."),
+)
+KSAMPLER = _cls(
+    "KSampler", _ksampler, (("", "latent"),),
+    (_link("model", "MODEL"),
+     _int("seed", 0, 0, SEED_MAX, control_after_generate=True, tooltip="The random seed of the noise."),
+     _int("steps", 20, 1, 10000), _float("cfg", 8.0, 0.0, 100.0, 0.1), *_SAMPLER_INPUTS,
+     _link("positive", "CONDITIONING"), _link("negative", "CONDITIONING"), _link("latent_image", "LATENT"),
+     _float("denoise", 1.0, 0.0, 1.0)),
+    ("LATENT",), category="sampling", display="KSampler")
+KSAMPLER_ADVANCED = _cls(
+    "KSamplerAdvanced", _ksampler_advanced, (("", "latent"),),
+    (_link("model", "MODEL"), _combo("add_noise", ("enable", "disable")),
+     _int("noise_seed", 0, 0, SEED_MAX, control_after_generate=True), _int("steps", 20, 1, 10000),
+     _float("cfg", 8.0, 0.0, 100.0, 0.1), *_SAMPLER_INPUTS, _link("positive", "CONDITIONING"),
+     _link("negative", "CONDITIONING"), _link("latent_image", "LATENT"), _int("start_at_step", 0, 0, 10000),
+     _int("end_at_step", 10000, 0, 10000), _combo("return_with_leftover_noise", ("disable", "enable"))),
+    ("LATENT",), category="sampling", display="KSampler (Advanced)")
+
+
+# ---- loaders and conditioning -------------------------------------------------------------------
+def _sdxl_encode(inputs: Inputs) -> Expanded:
+    # ComfyUI puts size conditioning here; ours belongs to Sample (original_size / target_size).
+    return {"": {"type": "EncodePrompt", "inputs": {"clip": inputs["clip"], "prompt": inputs.get("text_l", ""),
+                                                   "prompt_2": inputs.get("text_g", "")}}}
+
+
+LOADERS = (
+    _cls("CheckpointLoaderSimple", _one("LoadCheckpoint", source="<ckpt_name>"),
+         (("", "unet"), ("", "clip"), ("", "vae")),
+         (ComfyInput("ckpt_name", "COMBO", choices_from="checkpoints",
+                     tooltip="The checkpoint: a file under the models folder, a hub id or builtin:tiny-sdxl-inpaint."),),
+         ("MODEL", "CLIP", "VAE"), category="loaders", display="Load Checkpoint"),
+    _cls("CLIPTextEncode", _one("EncodePrompt", prompt="<text>", clip="<clip>"), (("", "conditioning"),),
+         (_str("text", multiline=True), _link("clip", "CLIP")), ("CONDITIONING",), category="conditioning",
+         display="CLIP Text Encode (Prompt)"),
+    _cls("CLIPTextEncodeSDXL", _sdxl_encode, (("", "conditioning"),),
+         (_int("width", 1024, 0, MAX_RESOLUTION), _int("height", 1024, 0, MAX_RESOLUTION),
+          _int("crop_w", 0, 0, MAX_RESOLUTION), _int("crop_h", 0, 0, MAX_RESOLUTION),
+          _int("target_width", 1024, 0, MAX_RESOLUTION), _int("target_height", 1024, 0, MAX_RESOLUTION),
+          _str("text_g", multiline=True), _link("clip", "CLIP"), _str("text_l", multiline=True)),
+         ("CONDITIONING",), category="advanced/conditioning"),
+)
+
+
+# ---- latents ------------------------------------------------------------------------------------
+def _encode_for_inpaint(inputs: Inputs) -> Expanded:
+    return {
+        "enc": {"type": "VAEEncode", "inputs": {"vae": inputs["vae"], "image": inputs["pixels"], "mask": inputs["mask"]}},
+        "": {"type": "DownsampleMask", "inputs": {"latent": ["@enc", "latent"], "mask": inputs["mask"],
+                                                 "mode": "max" if inputs.get("grow_mask_by", 6) else "nearest"}},
+    }
+
+
+def _inpaint_conditioning(inputs: Inputs) -> Expanded:
+    return _encode_for_inpaint(inputs | {"grow_mask_by": 0})
+
+
+def _noise_mask(inputs: Inputs) -> Expanded:
+    return {"": {"type": "DownsampleMask", "inputs": {"latent": inputs["samples"], "mask": inputs["mask"]}}}
+
+
+LATENTS = (
+    _cls("VAEEncode", _one("VAEEncode", image="<pixels>", vae="<vae>"), (("", "latent"),),
+         (_link("pixels", "IMAGE"), _link("vae", "VAE")), ("LATENT",), category="latent", display="VAE Encode"),
+    _cls("VAEEncodeForInpaint", _encode_for_inpaint, (("", "latent"),),
+         (_link("pixels", "IMAGE"), _link("vae", "VAE"), _link("mask", "MASK"), _int("grow_mask_by", 6, 0, 64)),
+         ("LATENT",), category="latent/inpaint", display="VAE Encode (for Inpainting)"),
+    _cls("InpaintModelConditioning", _inpaint_conditioning, (("=positive", ""), ("=negative", ""), ("", "latent")),
+         (_link("positive", "CONDITIONING"), _link("negative", "CONDITIONING"), _link("vae", "VAE"),
+          _link("pixels", "IMAGE"), _link("mask", "MASK"), _bool("noise_mask", True)),
+         ("CONDITIONING", "CONDITIONING", "LATENT"), ("positive", "negative", "latent"),
+         category="conditioning/inpaint"),
+    _cls("SetLatentNoiseMask", _noise_mask, (("", "latent"),), (_link("samples", "LATENT"), _link("mask", "MASK")),
+         ("LATENT",), category="latent/inpaint", display="Set Latent Noise Mask"),
+    _cls("EmptyLatentImage", _one("EmptyLatent", width="<width>", height="<height>", batch_size="<batch_size>"),
+         (("", "latent"),),
+         (_int("width", 512, 16, MAX_RESOLUTION, 8), _int("height", 512, 16, MAX_RESOLUTION, 8),
+          _int("batch_size", 1, 1, 4096)), ("LATENT",), category="latent", display="Empty Latent Image"),
+    _cls("VAEDecode", _one("VAEDecode", latent="<samples>", vae="<vae>"), (("", "image"),),
+         (_link("samples", "LATENT"), _link("vae", "VAE")), ("IMAGE",), category="latent", display="VAE Decode"),
+)
+
+
+# ---- images and masks ---------------------------------------------------------------------------
+def _composite(inputs: Inputs) -> Expanded:
+    if inputs.get("x", 0) or inputs.get("y", 0):
+        raise ValueError("ImageCompositeMasked with an x/y offset is not supported; only x=0, y=0")
+    return {"": {"type": "CompositeMasked", "inputs": {"original": inputs["destination"],
+                                                      "generated": inputs["source"], "mask": inputs["mask"]}}}
+
+
+def _constant(_inputs: Inputs) -> Expanded:
+    return {}  # the value is handed on as a literal through the "=value" output
+
+
+_MASK = (_link("mask", "MASK"),)
+IMAGES = (
+    _cls("LoadImage", _one("LoadImage", path="<image>"), (("", "image"), ("", "mask")),
+         (ComfyInput("image", "COMBO", choices_from="input_images", image_upload=True),),
+         ("IMAGE", "MASK"), category="image", display="Load Image"),
+    _cls("SaveImage", _one("SaveImage", image="<images>", prefix="<filename_prefix>"), (),
+         (_link("images", "IMAGE"), _str("filename_prefix", "ComfyUI")), (), category="image", display="Save Image",
+         output_node=True, hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}),
+    _cls("PreviewImage", _one("SaveImage", image="<images>", prefix="previews/ComfyUI"), (),
+         (_link("images", "IMAGE"),), (), category="image", display="Preview Image", output_node=True,
+         hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}),
+    _cls("ImageCompositeMasked", _composite, (("", "image"),),
+         (_link("destination", "IMAGE"), _link("source", "IMAGE"), _int("x", 0, 0, MAX_RESOLUTION),
+          _int("y", 0, 0, MAX_RESOLUTION), _bool("resize_source", False), _link("mask", "MASK", optional=True)),
+         ("IMAGE",), category="image"),
+    _cls("InvertMask", _one("InvertMask", mask="<mask>"), (("", "mask"),), _MASK, ("MASK",), category="mask"),
+    _cls("ThresholdMask", _one("ThresholdMask", mask="<mask>", value="<value>"), (("", "mask"),),
+         (*_MASK, _float("value", 0.5, 0.0, 1.0)), ("MASK",), category="mask"),
+    _cls("SolidMask", _one("SolidMask", value="<value>", width="<width>", height="<height>"), (("", "mask"),),
+         (_float("value", 1.0, 0.0, 1.0), _int("width", 512, 1, MAX_RESOLUTION),
+          _int("height", 512, 1, MAX_RESOLUTION)), ("MASK",), category="mask"),
+    _cls("MaskToImage", _one("MaskToImage", mask="<mask>"), (("", "image"),), _MASK, ("IMAGE",), category="mask",
+         display="Convert Mask to Image"),
+    _cls("ImageToMask", _one("ImageToMask", image="<image>", channel="<channel>"), (("", "mask"),),
+         (_link("image", "IMAGE"), _combo("channel", ("red", "green", "blue", "alpha"))), ("MASK",),
+         category="mask", display="Convert Image to Mask"),
+    _cls("ImageInvert", _one("InvertImage", image="<image>"), (("", "image"),), (_link("image", "IMAGE"),),
+         ("IMAGE",), category="image", display="Invert Image"),
+    _cls("CropMask", _one("CropMask", mask="<mask>", x="<x>", y="<y>", width="<width>", height="<height>"),
+         (("", "mask"),),
+         (*_MASK, _int("x", 0, 0, MAX_RESOLUTION), _int("y", 0, 0, MAX_RESOLUTION),
+          _int("width", 512, 1, MAX_RESOLUTION), _int("height", 512, 1, MAX_RESOLUTION)), ("MASK",), category="mask"),
+    _cls("ImageCrop", _one("CropImage", image="<image>", width="<width>", height="<height>", x="<x>", y="<y>"),
+         (("", "image"),),
+         (_link("image", "IMAGE"), _int("width", 512, 1, MAX_RESOLUTION), _int("height", 512, 1, MAX_RESOLUTION),
+          _int("x", 0, 0, MAX_RESOLUTION), _int("y", 0, 0, MAX_RESOLUTION)), ("IMAGE",), category="image/transform",
+         display="Image Crop"),
+    _cls("GrowMask", _one("GrowMask", mask="<mask>", expand="<expand>", tapered_corners="<tapered_corners>"),
+         (("", "mask"),),
+         (*_MASK, _int("expand", 0, -MAX_RESOLUTION, MAX_RESOLUTION), _bool("tapered_corners", True)),
+         ("MASK",), category="mask"),
+    _cls("FeatherMask", _one("FeatherMask", mask="<mask>", left="<left>", top="<top>", right="<right>",
+                             bottom="<bottom>"), (("", "mask"),),
+         (*_MASK, *(_int(side, 0, 0, MAX_RESOLUTION) for side in ("left", "top", "right", "bottom"))),
+         ("MASK",), category="mask"),
+    _cls("MaskComposite", _one("CompositeMask", destination="<destination>", source="<source>", x="<x>", y="<y>",
+                               operation="<operation>"), (("", "mask"),),
+         (_link("destination", "MASK"), _link("source", "MASK"), _int("x", 0, 0, MAX_RESOLUTION),
+          _int("y", 0, 0, MAX_RESOLUTION), _combo("operation", ("multiply", "add", "subtract", "and", "or", "xor"))),
+         ("MASK",), category="mask"),
+)
+
+PRIMITIVES = (
+    _cls("PrimitiveInt", _constant, (("=value", ""),),
+         (_int("value", 0, -(2**63 - 1), 2**63 - 1, control_after_generate=True),), ("INT",),
+         category="utils/primitive", display="Int"),
+    _cls("PrimitiveFloat", _constant, (("=value", ""),), (_float("value", 0.0, -(2**63 - 1), 2**63 - 1),),
+         ("FLOAT",), category="utils/primitive", display="Float"),
+    _cls("PrimitiveString", _constant, (("=value", ""),), (_str("value"),), ("STRING",),
+         category="utils/primitive", display="String"),
+    _cls("PrimitiveStringMultiline", _constant, (("=value", ""),), (_str("value", multiline=True),), ("STRING",),
+         category="utils/primitive", display="String (Multiline)"),
+    _cls("PrimitiveBoolean", _constant, (("=value", ""),), (_bool("value", False),), ("BOOLEAN",),
+         category="utils/primitive", display="Boolean"),
+)
+
+ALL = (KSAMPLER, KSAMPLER_ADVANCED, *LOADERS, *LATENTS, *IMAGES, *PRIMITIVES)
+register_comfy(REGISTRY, *ALL)
