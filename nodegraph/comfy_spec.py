@@ -24,6 +24,14 @@ MAX_RESOLUTION = 16384
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
+class MappingError(ValueError):
+    """A value a mapping cannot translate, naming the ComfyUI input it came from."""
+
+    def __init__(self, input_name: str | None, message: str):
+        super().__init__(message)
+        self.input = input_name
+
+
 @dataclass(frozen=True)
 class ComfyInput:
     """One input as ComfyUI declares it.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nodegraph.comfy_spec import MAX_RESOLUTION, SEED_MAX, ComfyClass, ComfyInput, register_comfy
+from nodegraph.comfy_spec import MAX_RESOLUTION, SEED_MAX, ComfyClass, ComfyInput, MappingError, register_comfy
 from nodegraph.node import REGISTRY
 
 Inputs = dict[str, Any]
@@ -52,25 +52,24 @@ def _choices(node_type: str, input_name: str) -> tuple[str, ...]:
     return tuple(described.get("choices", ()))
 
 
-def _translate_name(name: str, what: str, ours: tuple[str, ...], instead: dict[str, tuple[str, ...]],
-                    aliases: dict[str, str]) -> str:
+def _translate_name(name: str, what: str, input_name: str, ours: tuple[str, ...],
+                    instead: dict[str, tuple[str, ...]], aliases: dict[str, str]) -> str:
     """Our name for a ComfyUI sampler/scheduler name, or ValueError naming what to use instead."""
     name = aliases.get(name, name)
     if name in ours:
         return name
     options = [n for n in instead.get(name, ()) if n in ours]
     if options:
-        hint = f"use {options[0]!r} instead" if options[0] != name else ""
-        raise ValueError(f"{what} {name!r} is not implemented here; {hint}")
-    raise ValueError(f"{what} {name!r} is not implemented here; choose one of {list(ours)}")
+        raise MappingError(input_name, f"{what} {name!r} is not implemented here; use {options[0]!r} instead")
+    raise MappingError(input_name, f"{what} {name!r} is not implemented here; choose one of {list(ours)}")
 
 
 def comfy_sampler(name: str) -> str:
-    return _translate_name(name, "sampler", _choices("Sample", "sampler"), _SAMPLER_INSTEAD, _SAMPLER_ALIASES)
+    return _translate_name(name, "sampler", "sampler_name", _choices("Sample", "sampler"), _SAMPLER_INSTEAD, _SAMPLER_ALIASES)
 
 
 def comfy_scheduler(name: str) -> str:
-    return _translate_name(name, "scheduler", _choices("Sample", "scheduler"), _SCHEDULER_INSTEAD, {})
+    return _translate_name(name, "scheduler", "scheduler", _choices("Sample", "scheduler"), _SCHEDULER_INSTEAD, {})
 
 
 # ---- spec helpers -------------------------------------------------------------------------------
@@ -234,7 +233,7 @@ LATENTS = (
 # ---- images and masks ---------------------------------------------------------------------------
 def _composite(inputs: Inputs) -> Expanded:
     if inputs.get("x", 0) or inputs.get("y", 0):
-        raise ValueError("ImageCompositeMasked with an x/y offset is not supported; only x=0, y=0")
+        raise MappingError("x", "ImageCompositeMasked with an x/y offset is not supported; only x=0, y=0")
     return {"": {"type": "CompositeMasked", "inputs": {"original": inputs["destination"],
                                                       "generated": inputs["source"], "mask": inputs["mask"]}}}
 
