@@ -162,3 +162,21 @@ def graph_from_comfy(data: dict[str, Any], registry: Registry) -> Graph:
     if titles:
         metadata["comfy_titles"] = titles
     return Graph(nodes, metadata=metadata, registry=registry)
+
+
+def graph_to_comfy(graph: Graph, registry: Registry) -> dict[str, Any]:
+    """A native graph as an API-format prompt of ``nodegraph.<Type>`` nodes (links by output index)."""
+    out: dict[str, Any] = {}
+    for node_id, inst in graph.nodes.items():
+        inputs: dict[str, Any] = {}
+        for name, value in inst.inputs.items():
+            if isinstance(value, Link):
+                target = graph.nodes.get(value.node)
+                spec = registry.get(target.type) if target is not None else None
+                index = value.output if isinstance(value.output, int) or spec is None else \
+                    list(spec.outputs).index(value.output) if value.output in spec.outputs else value.output
+                inputs[name] = [value.node, index]
+            else:
+                inputs[name] = {"__value__": list(value)} if isinstance(value, (list, tuple)) else value
+        out[node_id] = {"class_type": NATIVE_PREFIX + inst.type, "inputs": inputs, "_meta": {"title": node_id}}
+    return out

@@ -375,3 +375,21 @@ def ui_to_api(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
                                                                 "(expected 'nodes', 'links' and 'version')")])
     registry.load_entry_points()
     return _Converter(data, registry).convert()
+
+
+def convert_workflow(data: Any, to: str, registry: Registry, source: str = "<workflow>") -> dict[str, Any]:
+    """Any workflow document we read, as a native v1 document (``to="native"``) or an API-format prompt
+    (``to="api"``); everything is checked on the way, so a file that converts also loads."""
+    from nodegraph.comfy import graph_to_comfy
+    from nodegraph.workflow import graph_from_data, graph_to_dict
+
+    graph = graph_from_data(data, registry, source)
+    if to == "native":
+        return graph_to_dict(graph)
+    if to != "api":
+        raise ValueError(f"cannot convert to {to!r}: choose 'native' or 'api'")
+    if is_ui_workflow(data):
+        return ui_to_api(data, registry)
+    if graph.metadata.get("imported_from") == "comfyui-api":
+        return dict(data)
+    return graph_to_comfy(graph, registry)

@@ -316,3 +316,23 @@ def test_ui_file_loads_as_a_graph_with_comfy_ids():
     graph = graph_from_data(inpaint_ui())
     assert graph.metadata["comfy_ids"]["20.enc"] == "20"
     assert graph.nodes["7:1"].type == "EncodePrompt"
+
+
+def test_convert_command_prints_api_and_writes_native(tmp_path, capsys):
+    from nodegraph.cli import main
+
+    ui_path = tmp_path / "wf.json"
+    ui_path.write_text(json.dumps(inpaint_ui()))
+    assert main(["convert", str(ui_path), "--to", "api"]) == 0
+    assert json.loads(capsys.readouterr().out) == ui_to_api(inpaint_ui(), REGISTRY)
+    native = tmp_path / "native.json"
+    assert main(["convert", str(ui_path), "-o", str(native)]) == 0
+    assert load_workflow(native).nodes == load_workflow(ui_path).nodes
+    # A native file has an API form too (nodegraph.<Type> class_types), which loads back to the same graph.
+    api = tmp_path / "api.json"
+    assert main(["convert", str(native), "--to", "api", "-o", str(api)]) == 0
+    assert json.loads(api.read_text())["20.enc"]["class_type"] == "nodegraph.VAEEncode"
+    assert load_workflow(api).nodes == load_workflow(native).nodes
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**inpaint_ui(), "nodes": [{"id": 1, "type": "Nope", "mode": 0}]}))
+    assert main(["convert", str(bad)]) == 2
