@@ -4,4 +4,4 @@ Kept apart from the package's __init__ so that commands which need no nodes (``c
 ``make-tiny-model``) do not pay for importing torch and diffusers.
 """
 
-from nodes import comfyui, image, latent, masks, models, sampling, text  # noqa: F401
+from nodes import comfyui, image, latent, latent_ops, masks, models, sampling, text, transform  # noqa: F401

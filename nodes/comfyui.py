@@ -294,6 +294,113 @@ IMAGES = (
          ("MASK",), category="mask"),
 )
 
+_IMAGE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
+_LATENT_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "bislerp")
+
+
+def _latent_method(inputs: Inputs) -> str:
+    method = inputs.get("upscale_method", "nearest-exact")
+    if method == "bislerp":
+        raise MappingError("upscale_method", "upscale_method 'bislerp' is not implemented here; use 'bicubic' "
+                                             "(or 'bilinear') instead")
+    return str(method)
+
+
+def _latent_upscale(inputs: Inputs) -> Expanded:
+    return {"": {"type": "ScaleLatent", "inputs": {
+        "latent": inputs["samples"], "method": _latent_method(inputs), "width": inputs.get("width", 512),
+        "height": inputs.get("height", 512), "crop": inputs.get("crop", "disabled")}}}
+
+
+def _latent_upscale_by(inputs: Inputs) -> Expanded:
+    return {"": {"type": "ScaleLatent", "inputs": {"latent": inputs["samples"], "method": _latent_method(inputs),
+                                                  "scale_by": inputs.get("scale_by", 1.5)}}}
+
+
+def _load_image_mask(inputs: Inputs) -> Expanded:
+    # ComfyUI's alpha mask is 1 - alpha (transparent = repaint); colour channels are taken as they are.
+    channel = inputs.get("channel", "alpha")
+    return {"": {"type": "LoadMask", "inputs": {"path": inputs["image"], "channel": channel,
+                                               "invert": channel == "alpha", "round_to": 1}}}
+
+
+def _clip_set_last_layer(inputs: Inputs) -> Expanded:
+    layer = inputs.get("stop_at_clip_layer", -1)
+    if layer != -2:
+        raise MappingError("stop_at_clip_layer", f"stop_at_clip_layer {layer} is not implemented here; SDXL encodes "
+                                                 "with the penultimate layer, which is -2: use -2 (or remove the node)")
+    return {}
+
+
+TRANSFORMS = (
+    _cls("ImageScale", _one("ScaleImage", image="<image>", method="<upscale_method>", width="<width>",
+                            height="<height>", crop="<crop>"), (("", "image"),),
+         (_link("image", "IMAGE"), _combo("upscale_method", _IMAGE_METHODS), _int("width", 512, 0, MAX_RESOLUTION),
+          _int("height", 512, 0, MAX_RESOLUTION), _combo("crop", ("disabled", "center"))), ("IMAGE",),
+         category="image/upscaling", display="Upscale Image"),
+    _cls("ImageScaleBy", _one("ScaleImageBy", image="<image>", method="<upscale_method>", scale_by="<scale_by>"),
+         (("", "image"),),
+         (_link("image", "IMAGE"), _combo("upscale_method", _IMAGE_METHODS), _float("scale_by", 1.0, 0.01, 8.0)),
+         ("IMAGE",), category="image/upscaling", display="Upscale Image By"),
+    _cls("ImageScaleToTotalPixels", _one("ScaleImageBy", image="<image>", method="<upscale_method>",
+                                         megapixels="<megapixels>", scale_by=None), (("", "image"),),
+         (_link("image", "IMAGE"), _combo("upscale_method", _IMAGE_METHODS), _float("megapixels", 1.0, 0.01, 16.0)),
+         ("IMAGE",), category="image/upscaling", display="Scale Image to Total Pixels"),
+    _cls("ImagePadForOutpaint", _one("PadForOutpaint", image="<image>", left="<left>", top="<top>", right="<right>",
+                                     bottom="<bottom>", feathering="<feathering>"), (("", "image"), ("", "mask")),
+         (_link("image", "IMAGE"), *(_int(side, 0, 0, MAX_RESOLUTION, 8) for side in ("left", "top", "right", "bottom")),
+          _int("feathering", 40, 0, MAX_RESOLUTION)), ("IMAGE", "MASK"), category="image",
+         display="Pad Image for Outpainting"),
+    _cls("EmptyImage", _one("SolidImage", width="<width>", height="<height>", batch_size="<batch_size>",
+                            color="<color>"), (("", "image"),),
+         (_int("width", 512, 1, MAX_RESOLUTION), _int("height", 512, 1, MAX_RESOLUTION), _int("batch_size", 1, 1, 4096),
+          _int("color", 0, 0, 0xFFFFFF, display="color")), ("IMAGE",), category="image"),
+    _cls("ImageBatch", _one("BatchImages", image1="<image1>", image2="<image2>"), (("", "image"),),
+         (_link("image1", "IMAGE"), _link("image2", "IMAGE")), ("IMAGE",), category="image", display="Batch Images"),
+    _cls("LoadImageMask", _load_image_mask, (("", "mask"),),
+         (ComfyInput("image", "COMBO", choices_from="input_images", image_upload=True),
+          _combo("channel", ("alpha", "red", "green", "blue"))), ("MASK",), category="mask",
+         display="Load Image (as Mask)"),
+    _cls("RepeatLatentBatch", _one("RepeatLatent", latent="<samples>", amount="<amount>"), (("", "latent"),),
+         (_link("samples", "LATENT"), _int("amount", 1, 1, 64)), ("LATENT",), category="latent/batch",
+         display="Repeat Latent Batch"),
+    _cls("LatentFromBatch", _one("LatentFromBatch", latent="<samples>", batch_index="<batch_index>",
+                                 length="<length>"), (("", "latent"),),
+         (_link("samples", "LATENT"), _int("batch_index", 0, 0, 63), _int("length", 1, 1, 64)), ("LATENT",),
+         category="latent/batch", display="Latent From Batch"),
+    _cls("LatentUpscale", _latent_upscale, (("", "latent"),),
+         (_link("samples", "LATENT"), _combo("upscale_method", _LATENT_METHODS),
+          _int("width", 512, 0, MAX_RESOLUTION, 8), _int("height", 512, 0, MAX_RESOLUTION, 8),
+          _combo("crop", ("disabled", "center"))), ("LATENT",), category="latent", display="Upscale Latent"),
+    _cls("LatentUpscaleBy", _latent_upscale_by, (("", "latent"),),
+         (_link("samples", "LATENT"), _combo("upscale_method", _LATENT_METHODS), _float("scale_by", 1.5, 0.01, 8.0)),
+         ("LATENT",), category="latent", display="Upscale Latent By"),
+    _cls("LatentComposite", _one("CompositeLatent", destination="<samples_to>", source="<samples_from>", x="<x>",
+                                 y="<y>", feather="<feather>"), (("", "latent"),),
+         (_link("samples_to", "LATENT"), _link("samples_from", "LATENT"), _int("x", 0, 0, MAX_RESOLUTION, 8),
+          _int("y", 0, 0, MAX_RESOLUTION, 8), _int("feather", 0, 0, MAX_RESOLUTION, 8)), ("LATENT",),
+         category="latent"),
+    _cls("LatentCompositeMasked", _one("CompositeLatent", destination="<destination>", source="<source>", x="<x>",
+                                       y="<y>", resize_source="<resize_source>", mask="<mask>"), (("", "latent"),),
+         (_link("destination", "LATENT"), _link("source", "LATENT"), _int("x", 0, 0, MAX_RESOLUTION, 8),
+          _int("y", 0, 0, MAX_RESOLUTION, 8), _bool("resize_source", False), _link("mask", "MASK", optional=True)),
+         ("LATENT",), category="latent"),
+    # Tiles only bound peak memory; our VAEDecode already falls back to tiles when memory runs out.
+    _cls("VAEDecodeTiled", _one("VAEDecode", latent="<samples>", vae="<vae>"), (("", "image"),),
+         (_link("samples", "LATENT"), _link("vae", "VAE"), _int("tile_size", 512, 64, 4096, 32),
+          _int("overlap", 64, 0, 4096, 32), _int("temporal_size", 64, 8, 4096, 4),
+          _int("temporal_overlap", 8, 4, 4096, 4)), ("IMAGE",), category="_for_testing",
+         display="VAE Decode (Tiled)"),
+    _cls("VAEEncodeTiled", _one("VAEEncode", image="<pixels>", vae="<vae>"), (("", "latent"),),
+         (_link("pixels", "IMAGE"), _link("vae", "VAE"), _int("tile_size", 512, 64, 4096, 64),
+          _int("overlap", 64, 0, 4096, 32), _int("temporal_size", 64, 8, 4096, 4),
+          _int("temporal_overlap", 8, 4, 4096, 4)), ("LATENT",), category="_for_testing",
+         display="VAE Encode (Tiled)"),
+    _cls("CLIPSetLastLayer", _clip_set_last_layer, (("=clip", ""),),
+         (_link("clip", "CLIP"), _int("stop_at_clip_layer", -1, -24, -1)), ("CLIP",), category="conditioning",
+         display="CLIP Set Last Layer"),
+)
+
 PRIMITIVES = (
     _cls("PrimitiveInt", _constant, (("=value", ""),),
          (_int("value", 0, -(2**63 - 1), 2**63 - 1, control_after_generate=True),), ("INT",),
@@ -308,5 +415,5 @@ PRIMITIVES = (
          category="utils/primitive", display="Boolean"),
 )
 
-ALL = (KSAMPLER, KSAMPLER_ADVANCED, *LOADERS, *LATENTS, *IMAGES, *PRIMITIVES)
+ALL = (KSAMPLER, KSAMPLER_ADVANCED, *LOADERS, *LATENTS, *IMAGES, *TRANSFORMS, *PRIMITIVES)
 register_comfy(REGISTRY, *ALL)

@@ -1,0 +1,128 @@
+"""Latent batches, upscales and composites with ComfyUI's arithmetic (latents [B, 4, h, w], 8 pixels a cell).
+
+A latent's mask and masked-image latents (inpainting) follow its samples: sliced and repeated with the
+batch; an upscale or composite changes the picture, so they are dropped there (the result is plain).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import Field
+
+from nodegraph import node
+from nodes.payloads import Latent, Mask
+from nodes.transform import scale_channels_first
+
+if TYPE_CHECKING:
+    import torch
+
+LatentScaleMethod = Literal["nearest-exact", "bilinear", "area", "bicubic"]
+Pixels = Annotated[int, Field(ge=0, le=16384)]
+
+
+def _batch_of(x: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    """x repeated (or cut) to batch items, as ComfyUI's repeat_to_batch_size."""
+    if x is None or x.shape[0] == batch:
+        return x
+    reps = math.ceil(batch / x.shape[0])
+    return x.repeat(reps, *([1] * (x.ndim - 1)))[:batch]
+
+
+@node(category="latent/batch", version=1, outputs={"latent": Latent}, persist=True)
+def RepeatLatent(latent: Latent, amount: Annotated[int, Field(ge=1, le=64)] = 1) -> Latent:
+    """The batch repeated `amount` times (ComfyUI's RepeatLatentBatch)."""
+    b = latent.samples.shape[0]
+
+    def rep(x: torch.Tensor | None) -> torch.Tensor | None:
+        x = _batch_of(x, b)
+        return None if x is None else x.repeat(amount, *([1] * (x.ndim - 1)))
+
+    return latent.replace(samples=rep(latent.samples), masked=rep(latent.masked), mask=rep(latent.mask))
+
+
+@node(category="latent/batch", version=1, outputs={"latent": Latent}, persist=True)
+def LatentFromBatch(latent: Latent, batch_index: Annotated[int, Field(ge=0, le=63)] = 0,
+                    length: Annotated[int, Field(ge=1, le=64)] = 1) -> Latent:
+    """Items batch_index .. batch_index+length-1, both moved inside the batch first (as ComfyUI does)."""
+    b = latent.samples.shape[0]
+    start = min(b - 1, batch_index)
+    stop = start + min(b - start, length)
+
+    def cut(x: torch.Tensor | None) -> torch.Tensor | None:
+        x = _batch_of(x, b)
+        return None if x is None else x[start:stop].clone()
+
+    return latent.replace(samples=cut(latent.samples), masked=cut(latent.masked), mask=cut(latent.mask))
+
+
+@node(category="latent", version=1, outputs={"latent": Latent}, persist=True)
+def ScaleLatent(latent: Latent, method: LatentScaleMethod = "nearest-exact", width: Pixels = 512,
+                height: Pixels = 512, crop: Literal["disabled", "center"] = "disabled",
+                scale_by: Annotated[float, Field(ge=0.01, le=8.0)] | None = None) -> Latent:
+    """Resize the latent to width x height pixels (ComfyUI's LatentUpscale: each at least 64, a 0 follows
+    the aspect ratio, both 0 = unchanged), or by scale_by cells (LatentUpscaleBy) when given."""
+    h, w = latent.samples.shape[-2:]
+    if scale_by is not None:
+        cells_w, cells_h = round(w * scale_by), round(h * scale_by)
+        crop = "disabled"
+    elif width == 0 and height == 0:
+        return latent
+    else:
+        if width == 0:
+            height = max(64, height)
+            width = max(64, round(w * height / h))
+        elif height == 0:
+            width = max(64, width)
+            height = max(64, round(h * width / w))
+        else:
+            width, height = max(64, width), max(64, height)
+        cells_w, cells_h = width // 8, height // 8
+    samples = scale_channels_first(latent.samples, cells_w, cells_h, method, crop)
+    return Latent(samples, empty=latent.empty)
+
+
+@node(category="latent", version=1, outputs={"latent": Latent}, persist=True)
+def CompositeLatent(destination: Latent, source: Latent, x: Pixels = 0, y: Pixels = 0, feather: Pixels = 0,
+                    mask: Mask | None = None, resize_source: bool = False) -> Latent:
+    """Paste source into destination with its corner at (x, y) pixels (cut to cells of 8).
+
+    Without a mask this is ComfyUI's LatentComposite: feather (pixels, in cells of 8) fades the pasted
+    edges that lie inside the destination linearly. With a mask (or resize_source) it is
+    LatentCompositeMasked: the mask, resized bilinearly to the source, weighs source against destination.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    out = destination.samples.clone()
+    src = source.samples.to(out)
+    if resize_source:
+        src = F.interpolate(src, size=out.shape[-2:], mode="bilinear")
+    src = _batch_of(src, out.shape[0])
+    assert src is not None
+    left, top = x // 8, y // 8
+    vis_h, vis_w = max(0, out.shape[-2] - top), max(0, out.shape[-1] - left)
+    piece = src[..., :vis_h, :vis_w]
+    ph, pw = piece.shape[-2:]
+    if mask is not None:
+        weight = F.interpolate(mask.float().reshape(-1, 1, *mask.shape[-2:]), size=src.shape[-2:], mode="bilinear")
+        weight = _batch_of(weight, src.shape[0])
+        assert weight is not None
+        weight = weight[..., :ph, :pw]
+    else:
+        weight = torch.ones_like(piece)
+        cells = feather // 8
+        for t in range(cells):
+            ramp = (t + 1) / cells
+            if top != 0:
+                weight[:, :, t] *= ramp
+            if top + ph < out.shape[-2]:
+                weight[:, :, ph - 1 - t] *= ramp
+            if left != 0:
+                weight[:, :, :, t] *= ramp
+            if left + pw < out.shape[-1]:
+                weight[:, :, :, pw - 1 - t] *= ramp
+    region = out[..., top:top + ph, left:left + pw]
+    out[..., top:top + ph, left:left + pw] = piece * weight + region * (1 - weight)
+    return Latent(out, empty=False)
