@@ -255,7 +255,7 @@ def test_unknown_types_are_all_reported_with_ui_id_title_and_alternative():
     issues = {i.node: i for i in info.value.issues}
     assert set(issues) == {"1", "2"} and all(i.kind == "unknown_comfy_type" for i in issues.values())
     assert "UpscaleModelLoader #1 'Upscaler'" in issues["1"].message
-    assert issues["2"].expected == "LoadImage" and "nearest supported one is 'LoadImage'" in issues["2"].message
+    assert issues["2"].expected == "LoadImageMask" and "nearest supported one is 'LoadImageMask'" in issues["2"].message
 
 
 def test_errors_inside_a_subgraph_name_the_flattened_ui_id():
