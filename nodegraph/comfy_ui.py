@@ -175,9 +175,9 @@ class _Converter:
         for number, link in enumerate(definition.get("links") or []):
             if isinstance(link, list) and len(link) >= 4 and all(isinstance(x, int) for x in link[:4]):
                 src, src_slot, dst, dst_slot = link[:4]
-                key = f"{prefix}g{number}"
-                self.flat.links[key] = (f"{prefix}{src}", src_slot)
-                internal[(dst, dst_slot)] = key
+                link_key = f"{prefix}g{number}"
+                self.flat.links[link_key] = (f"{prefix}{src}", src_slot)
+                internal[(dst, dst_slot)] = link_key
                 used_inside.add((src, src_slot))
         external = {(e[0], e[1]) for e in definition.get("external") or [] if isinstance(e, list) and len(e) >= 2}
         free_links = [s for s in node.inputs if s.widget is None]
@@ -190,7 +190,7 @@ class _Converter:
                 if not isinstance(slot, dict):
                     continue
                 widget = slot["widget"].get("name") if isinstance(slot.get("widget"), dict) else None
-                key = internal.get((index, slot_no))
+                key: str | None = internal.get((index, slot_no))
                 if key is None and widget is None:
                     key = free_links.pop(0).link if free_links else None
                 elif key is None and widget is not None:
@@ -208,7 +208,7 @@ class _Converter:
             else:
                 self.flat.nodes[made.id] = made
         # The group's outputs in order: each inner output that is not only used inside the group.
-        out_slots = []
+        out_slots: list[_Slot] = []
         for index, inner in enumerate(inner_nodes):
             for slot_no, output in enumerate(inner.get("outputs") or []):
                 if (index, slot_no) in used_inside and (index, slot_no) not in external:

@@ -7,6 +7,7 @@ the server's ``object_info`` all read it. Specs follow ComfyUI's ``nodes.py`` / 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from nodegraph.comfy_spec import MAX_RESOLUTION, SEED_MAX, ComfyClass, ComfyInput, MappingError, register_comfy
@@ -53,7 +54,7 @@ def _choices(node_type: str, input_name: str) -> tuple[str, ...]:
 
 
 def _translate_name(name: str, what: str, input_name: str, ours: tuple[str, ...],
-                    instead: dict[str, tuple[str, ...]], aliases: dict[str, str]) -> str:
+                    instead: Mapping[str, tuple[str, ...]], aliases: Mapping[str, str]) -> str:
     """Our name for a ComfyUI sampler/scheduler name, or ValueError naming what to use instead."""
     name = aliases.get(name, name)
     if name in ours:

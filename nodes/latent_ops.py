@@ -22,12 +22,15 @@ LatentScaleMethod = Literal["nearest-exact", "bilinear", "area", "bicubic"]
 Pixels = Annotated[int, Field(ge=0, le=16384)]
 
 
-def _batch_of(x: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+def _repeat_to(x: torch.Tensor, batch: int) -> torch.Tensor:
     """x repeated (or cut) to batch items, as ComfyUI's repeat_to_batch_size."""
-    if x is None or x.shape[0] == batch:
+    if x.shape[0] == batch:
         return x
-    reps = math.ceil(batch / x.shape[0])
-    return x.repeat(reps, *([1] * (x.ndim - 1)))[:batch]
+    return x.repeat(math.ceil(batch / x.shape[0]), *([1] * (x.ndim - 1)))[:batch]
+
+
+def _batch_of(x: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    return None if x is None else _repeat_to(x, batch)
 
 
 @node(category="latent/batch", version=1, outputs={"latent": Latent}, persist=True)
@@ -99,17 +102,14 @@ def CompositeLatent(destination: Latent, source: Latent, x: Pixels = 0, y: Pixel
     src = source.samples.to(out)
     if resize_source:
         src = F.interpolate(src, size=out.shape[-2:], mode="bilinear")
-    src = _batch_of(src, out.shape[0])
-    assert src is not None
+    src = _repeat_to(src, out.shape[0])
     left, top = x // 8, y // 8
     vis_h, vis_w = max(0, out.shape[-2] - top), max(0, out.shape[-1] - left)
     piece = src[..., :vis_h, :vis_w]
     ph, pw = piece.shape[-2:]
     if mask is not None:
         weight = F.interpolate(mask.float().reshape(-1, 1, *mask.shape[-2:]), size=src.shape[-2:], mode="bilinear")
-        weight = _batch_of(weight, src.shape[0])
-        assert weight is not None
-        weight = weight[..., :ph, :pw]
+        weight = _repeat_to(weight, src.shape[0])[..., :ph, :pw]
     else:
         weight = torch.ones_like(piece)
         cells = feather // 8
