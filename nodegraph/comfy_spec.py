@@ -118,6 +118,7 @@ class ComfyClass(ComfyMapping):
     display_name: str = ""
     description: str = ""
     hidden: Mapping[str, str] = field(default_factory=dict)
+    notes: str = ""  # where we deliberately differ from ComfyUI (docs/comfyui.md's table)
 
     def input(self, name: str) -> ComfyInput | None:
         for spec in self.inputs:
@@ -212,3 +213,58 @@ def comfy_object_info(registry: Registry, files: Mapping[str, Sequence[str]] | N
             "output_node": spec.is_output,
         }
     return out
+
+
+DOCS_BEGIN = "<!-- BEGIN GENERATED: supported class_types (python3 -m nodegraph.comfy_spec docs/comfyui.md) -->"
+DOCS_END = "<!-- END GENERATED -->"
+
+
+class _Placeholder(dict):  # type: ignore[type-arg]
+    """Inputs for calling an expand function only to learn which node types it produces."""
+
+    def __missing__(self, key: str) -> list[Any]:
+        return ["?", 0]
+
+
+def mapped_types(mapping: ComfyMapping) -> list[str]:
+    """Our node types a ComfyUI class_type becomes (empty: its value or input is handed on as it is)."""
+    try:
+        expanded = mapping.expand(_Placeholder())
+    except (KeyError, TypeError, ValueError):
+        return []
+    return sorted({str(spec["type"]) for spec in expanded.values()})
+
+
+def comfy_docs_table(registry: Registry) -> str:
+    """The Markdown table of supported class_types (docs/comfyui.md), generated so it cannot drift."""
+    registry.load_entry_points()
+    rows = ["| ComfyUI class_type | runs as | widget inputs (in order) | differences from ComfyUI |",
+            "|---|---|---|---|"]
+    for class_type in sorted(registry.comfy, key=str.lower):
+        mapping = registry.comfy[class_type]
+        if not isinstance(mapping, ComfyClass):
+            continue
+        ours = ", ".join(f"`{t}`" for t in mapped_types(mapping)) or "(value handed on)"
+        widgets = ", ".join(w.name for w in mapping.widgets()) or "-"
+        notes = mapping.notes.replace("|", "\\|").replace("\n", " ") or "-"
+        rows.append(f"| `{class_type}` | {ours} | {widgets} | {notes} |")
+    return "\n".join(rows)
+
+
+def render_docs(text: str, registry: Registry) -> str:
+    """``text`` with the generated section between the markers replaced by the current table."""
+    head, sep, rest = text.partition(DOCS_BEGIN)
+    if not sep or DOCS_END not in rest:
+        raise ValueError(f"the document has no {DOCS_BEGIN!r} ... {DOCS_END!r} section")
+    tail = rest.split(DOCS_END, 1)[1]
+    return f"{head}{DOCS_BEGIN}\n{comfy_docs_table(registry)}\n{DOCS_END}{tail}"
+
+
+if __name__ == "__main__":  # regenerate the table: python3 -m nodegraph.comfy_spec docs/comfyui.md
+    import sys
+    from pathlib import Path
+
+    from nodegraph.node import REGISTRY
+
+    target = Path(sys.argv[1])
+    target.write_text(render_docs(target.read_text(), REGISTRY))

@@ -118,9 +118,10 @@ def _one(node_type: str, **fixed: Any) -> Any:
 
 def _cls(class_type: str, expand: Any, outputs: tuple[tuple[str, str], ...], inputs: tuple[ComfyInput, ...],
          types: tuple[str, ...], names: tuple[str, ...] = (), *, category: str, display: str = "",
-         output_node: bool = False, description: str = "", hidden: dict[str, str] | None = None) -> ComfyClass:
+         output_node: bool = False, description: str = "", hidden: dict[str, str] | None = None,
+         notes: str = "") -> ComfyClass:
     return ComfyClass(class_type, expand, outputs, inputs, types, names, output_node, category, display, description,
-                      hidden or {})
+                      hidden or {}, notes)
 
 
 # ---- sampling -----------------------------------------------------------------------------------
@@ -156,7 +157,11 @@ KSAMPLER = _cls(
      _int("steps", 20, 1, 10000), _float("cfg", 8.0, 0.0, 100.0, 0.1), *_SAMPLER_INPUTS,
      _link("positive", "CONDITIONING"), _link("negative", "CONDITIONING"), _link("latent_image", "LATENT"),
      _float("denoise", 1.0, 0.0, 1.0)),
-    ("LATENT",), category="sampling", display="KSampler")
+    ("LATENT",), category="sampling", display="KSampler",
+    notes="Noise is drawn on the CPU, one generator per sample seeded seed+i (batch item i equals a single run with "
+          "seed+i); ComfyUI draws one tensor for the batch, so images differ for the same seed. Samplers and "
+          "schedules are diffusers' schedulers; `*_gpu` names run their CPU twin; a name without an implementation "
+          "is an import error naming the one to use. `denoise` cuts the schedule as diffusers' `strength` does.")
 KSAMPLER_ADVANCED = _cls(
     "KSamplerAdvanced", _ksampler_advanced, (("", "latent"),),
     (_link("model", "MODEL"), _combo("add_noise", ("enable", "disable")),
@@ -164,7 +169,9 @@ KSAMPLER_ADVANCED = _cls(
      _float("cfg", 8.0, 0.0, 100.0, 0.1), *_SAMPLER_INPUTS, _link("positive", "CONDITIONING"),
      _link("negative", "CONDITIONING"), _link("latent_image", "LATENT"), _int("start_at_step", 0, 0, 10000),
      _int("end_at_step", 10000, 0, 10000), _combo("return_with_leftover_noise", ("disable", "enable"))),
-    ("LATENT",), category="sampling", display="KSampler (Advanced)")
+    ("LATENT",), category="sampling", display="KSampler (Advanced)",
+    notes="start/end_at_step become diffusers' denoising_start/end fractions (a base + refiner split); "
+          "`add_noise` and `return_with_leftover_noise` follow from them and are otherwise ignored. Noise as KSampler.")
 
 
 # ---- loaders and conditioning -------------------------------------------------------------------
@@ -179,7 +186,9 @@ LOADERS = (
          (("", "unet"), ("", "clip"), ("", "vae")),
          (ComfyInput("ckpt_name", "COMBO", choices_from="checkpoints",
                      tooltip="The checkpoint: a file under the models folder, a hub id or builtin:tiny-sdxl-inpaint."),),
-         ("MODEL", "CLIP", "VAE"), category="loaders", display="Load Checkpoint"),
+         ("MODEL", "CLIP", "VAE"), category="loaders", display="Load Checkpoint",
+         notes="`ckpt_name` is a file (relative to the models directory), a diffusers folder, a hub id or "
+               "`builtin:tiny-sdxl-inpaint`; weights load lazily when a node first needs them."),
     _cls("CLIPTextEncode", _one("EncodePrompt", prompt="<text>", clip="<clip>"), (("", "conditioning"),),
          (_str("text", multiline=True), _link("clip", "CLIP")), ("CONDITIONING",), category="conditioning",
          display="CLIP Text Encode (Prompt)"),
@@ -188,7 +197,9 @@ LOADERS = (
           _int("crop_w", 0, 0, MAX_RESOLUTION), _int("crop_h", 0, 0, MAX_RESOLUTION),
           _int("target_width", 1024, 0, MAX_RESOLUTION), _int("target_height", 1024, 0, MAX_RESOLUTION),
           _str("text_g", multiline=True), _link("clip", "CLIP"), _str("text_l", multiline=True)),
-         ("CONDITIONING",), category="advanced/conditioning"),
+         ("CONDITIONING",), category="advanced/conditioning",
+         notes="text_l feeds CLIP ViT-L, text_g OpenCLIP bigG; the size inputs are ignored: Sample derives the "
+               "size conditioning from the latent (original_size/target_size on Sample)."),
 )
 
 
@@ -211,17 +222,24 @@ def _noise_mask(inputs: Inputs) -> Expanded:
 
 LATENTS = (
     _cls("VAEEncode", _one("VAEEncode", image="<pixels>", vae="<vae>"), (("", "latent"),),
-         (_link("pixels", "IMAGE"), _link("vae", "VAE")), ("LATENT",), category="latent", display="VAE Encode"),
+         (_link("pixels", "IMAGE"), _link("vae", "VAE")), ("LATENT",), category="latent", display="VAE Encode",
+         notes="Posterior mode (deterministic); sizes must be multiples of 8 (ComfyUI crops)."),
     _cls("VAEEncodeForInpaint", _encode_for_inpaint, (("", "latent"),),
          (_link("pixels", "IMAGE"), _link("vae", "VAE"), _link("mask", "MASK"), _int("grow_mask_by", 6, 0, 64)),
-         ("LATENT",), category="latent/inpaint", display="VAE Encode (for Inpainting)"),
+         ("LATENT",), category="latent/inpaint", display="VAE Encode (for Inpainting)",
+         notes="Posterior mode, not a sample. `grow_mask_by` > 0 marks every latent cell a repainted pixel touches "
+               "(max-pooling) instead of dilating the pixel mask by that many pixels."),
     _cls("InpaintModelConditioning", _inpaint_conditioning, (("=positive", ""), ("=negative", ""), ("", "latent")),
          (_link("positive", "CONDITIONING"), _link("negative", "CONDITIONING"), _link("vae", "VAE"),
           _link("pixels", "IMAGE"), _link("mask", "MASK"), _bool("noise_mask", True)),
          ("CONDITIONING", "CONDITIONING", "LATENT"), ("positive", "negative", "latent"),
-         category="conditioning/inpaint"),
+         category="conditioning/inpaint",
+         notes="The conditionings are handed on unchanged; the masked-image latents travel in the LATENT (as "
+               "diffusers' inpainting pipeline builds them). The mask is binarised at 0.5."),
     _cls("SetLatentNoiseMask", _noise_mask, (("", "latent"),), (_link("samples", "LATENT"), _link("mask", "MASK")),
-         ("LATENT",), category="latent/inpaint", display="Set Latent Noise Mask"),
+         ("LATENT",), category="latent/inpaint", display="Set Latent Noise Mask",
+         notes="The mask is binarised at 0.5 and downsampled by nearest neighbour (diffusers); ComfyUI keeps a soft "
+               "mask."),
     _cls("EmptyLatentImage", _one("EmptyLatent", width="<width>", height="<height>", batch_size="<batch_size>"),
          (("", "latent"),),
          (_int("width", 512, 16, MAX_RESOLUTION, 8), _int("height", 512, 16, MAX_RESOLUTION, 8),
@@ -247,17 +265,23 @@ _MASK = (_link("mask", "MASK"),)
 IMAGES = (
     _cls("LoadImage", _one("LoadImage", path="<image>"), (("", "image"), ("", "mask")),
          (ComfyInput("image", "COMBO", choices_from="input_images", image_upload=True),),
-         ("IMAGE", "MASK"), category="image", display="Load Image"),
+         ("IMAGE", "MASK"), category="image", display="Load Image",
+         notes="Sizes are rounded down to a multiple of 8 by a Lanczos resize (ComfyUI keeps the size and crops "
+               "at encode time). The mask is 1 - alpha, as ComfyUI's."),
     _cls("SaveImage", _one("SaveImage", image="<images>", prefix="<filename_prefix>"), (),
          (_link("images", "IMAGE"), _str("filename_prefix", "ComfyUI")), (), category="image", display="Save Image",
-         output_node=True, hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}),
+         output_node=True, hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+         notes="Files are `{prefix}_{counter:05}.png` in the output directory; the PNG carries our workflow."),
     _cls("PreviewImage", _one("SaveImage", image="<images>", prefix="previews/ComfyUI"), (),
          (_link("images", "IMAGE"),), (), category="image", display="Preview Image", output_node=True,
-         hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}),
+         hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+         notes="Saved like SaveImage under `previews/` in the output directory (there is no temp directory)."),
     _cls("ImageCompositeMasked", _composite, (("", "image"),),
          (_link("destination", "IMAGE"), _link("source", "IMAGE"), _int("x", 0, 0, MAX_RESOLUTION),
           _int("y", 0, 0, MAX_RESOLUTION), _bool("resize_source", False), _link("mask", "MASK", optional=True)),
-         ("IMAGE",), category="image"),
+         ("IMAGE",), category="image",
+         notes="Only x = y = 0 (an offset is an import error); `resize_source` is ignored. Pixels outside the "
+               "mask are exactly the destination's."),
     _cls("InvertMask", _one("InvertMask", mask="<mask>"), (("", "mask"),), _MASK, ("MASK",), category="mask"),
     _cls("ThresholdMask", _one("ThresholdMask", mask="<mask>", value="<value>"), (("", "mask"),),
          (*_MASK, _float("value", 0.5, 0.0, 1.0)), ("MASK",), category="mask"),
@@ -346,7 +370,8 @@ TRANSFORMS = (
     _cls("ImageScaleToTotalPixels", _one("ScaleImageBy", image="<image>", method="<upscale_method>",
                                          megapixels="<megapixels>", scale_by=None), (("", "image"),),
          (_link("image", "IMAGE"), _combo("upscale_method", _IMAGE_METHODS), _float("megapixels", 1.0, 0.01, 16.0)),
-         ("IMAGE",), category="image/upscaling", display="Scale Image to Total Pixels"),
+         ("IMAGE",), category="image/upscaling", display="Scale Image to Total Pixels",
+         notes="Newer ComfyUI versions add a `resolution_steps` widget; its value is ignored."),
     _cls("ImagePadForOutpaint", _one("PadForOutpaint", image="<image>", left="<left>", top="<top>", right="<right>",
                                      bottom="<bottom>", feathering="<feathering>"), (("", "image"), ("", "mask")),
          (_link("image", "IMAGE"), *(_int(side, 0, 0, MAX_RESOLUTION, 8) for side in ("left", "top", "right", "bottom")),
@@ -361,7 +386,8 @@ TRANSFORMS = (
     _cls("LoadImageMask", _load_image_mask, (("", "mask"),),
          (ComfyInput("image", "COMBO", choices_from="input_images", image_upload=True),
           _combo("channel", ("alpha", "red", "green", "blue"))), ("MASK",), category="mask",
-         display="Load Image (as Mask)"),
+         display="Load Image (as Mask)",
+         notes="Not resized. `alpha` of an image without an alpha channel is an error (ComfyUI: an all-zero mask)."),
     _cls("RepeatLatentBatch", _one("RepeatLatent", latent="<samples>", amount="<amount>"), (("", "latent"),),
          (_link("samples", "LATENT"), _int("amount", 1, 1, 64)), ("LATENT",), category="latent/batch",
          display="Repeat Latent Batch"),
@@ -372,10 +398,13 @@ TRANSFORMS = (
     _cls("LatentUpscale", _latent_upscale, (("", "latent"),),
          (_link("samples", "LATENT"), _combo("upscale_method", _LATENT_METHODS),
           _int("width", 512, 0, MAX_RESOLUTION, 8), _int("height", 512, 0, MAX_RESOLUTION, 8),
-          _combo("crop", ("disabled", "center"))), ("LATENT",), category="latent", display="Upscale Latent"),
+          _combo("crop", ("disabled", "center"))), ("LATENT",), category="latent", display="Upscale Latent",
+         notes="`bislerp` is not implemented (import error suggesting bicubic). An inpainting mask on the latent is "
+               "dropped."),
     _cls("LatentUpscaleBy", _latent_upscale_by, (("", "latent"),),
          (_link("samples", "LATENT"), _combo("upscale_method", _LATENT_METHODS), _float("scale_by", 1.5, 0.01, 8.0)),
-         ("LATENT",), category="latent", display="Upscale Latent By"),
+         ("LATENT",), category="latent", display="Upscale Latent By",
+         notes="As LatentUpscale."),
     _cls("LatentComposite", _one("CompositeLatent", destination="<samples_to>", source="<samples_from>", x="<x>",
                                  y="<y>", feather="<feather>"), (("", "latent"),),
          (_link("samples_to", "LATENT"), _link("samples_from", "LATENT"), _int("x", 0, 0, MAX_RESOLUTION, 8),
@@ -391,15 +420,18 @@ TRANSFORMS = (
          (_link("samples", "LATENT"), _link("vae", "VAE"), _int("tile_size", 512, 64, 4096, 32),
           _int("overlap", 64, 0, 4096, 32), _int("temporal_size", 64, 8, 4096, 4),
           _int("temporal_overlap", 8, 4, 4096, 4)), ("IMAGE",), category="_for_testing",
-         display="VAE Decode (Tiled)"),
+         display="VAE Decode (Tiled)",
+         notes="Tile settings are ignored: the latent is decoded whole, in tiles only if memory runs out."),
     _cls("VAEEncodeTiled", _one("VAEEncode", image="<pixels>", vae="<vae>"), (("", "latent"),),
          (_link("pixels", "IMAGE"), _link("vae", "VAE"), _int("tile_size", 512, 64, 4096, 64),
           _int("overlap", 64, 0, 4096, 32), _int("temporal_size", 64, 8, 4096, 4),
           _int("temporal_overlap", 8, 4, 4096, 4)), ("LATENT",), category="_for_testing",
-         display="VAE Encode (Tiled)"),
+         display="VAE Encode (Tiled)",
+         notes="Tile settings are ignored: encoded whole (posterior mode)."),
     _cls("CLIPSetLastLayer", _clip_set_last_layer, (("=clip", ""),),
          (_link("clip", "CLIP"), _int("stop_at_clip_layer", -1, -24, -1)), ("CLIP",), category="conditioning",
-         display="CLIP Set Last Layer"),
+         display="CLIP Set Last Layer",
+         notes="Only -2, SDXL's own penultimate layer (the CLIP is handed on); any other value is an import error."),
 )
 
 PRIMITIVES = (
