@@ -264,7 +264,8 @@ if __name__ == "__main__":  # regenerate the table: python3 -m nodegraph.comfy_s
     import sys
     from pathlib import Path
 
+    from nodegraph import comfy_spec  # not this __main__ copy: its ComfyClass is not the one nodes declare with
     from nodegraph.node import REGISTRY
 
     target = Path(sys.argv[1])
-    target.write_text(render_docs(target.read_text(), REGISTRY))
+    target.write_text(comfy_spec.render_docs(target.read_text(), REGISTRY))

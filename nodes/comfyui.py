@@ -204,16 +204,17 @@ LOADERS = (
 
 
 # ---- latents ------------------------------------------------------------------------------------
-def _encode_for_inpaint(inputs: Inputs) -> Expanded:
+def _encode_for_inpaint(inputs: Inputs, grow_mask_by: int | None = None) -> Expanded:
+    grow = inputs.get("grow_mask_by", 6) if grow_mask_by is None else grow_mask_by
     return {
         "enc": {"type": "VAEEncode", "inputs": {"vae": inputs["vae"], "image": inputs["pixels"], "mask": inputs["mask"]}},
         "": {"type": "DownsampleMask", "inputs": {"latent": ["@enc", "latent"], "mask": inputs["mask"],
-                                                 "mode": "max" if inputs.get("grow_mask_by", 6) else "nearest"}},
+                                                 "mode": "max" if grow else "nearest"}},
     }
 
 
 def _inpaint_conditioning(inputs: Inputs) -> Expanded:
-    return _encode_for_inpaint(inputs | {"grow_mask_by": 0})
+    return _encode_for_inpaint(inputs, grow_mask_by=0)
 
 
 def _noise_mask(inputs: Inputs) -> Expanded:
