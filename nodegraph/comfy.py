@@ -12,12 +12,10 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from nodegraph.comfy_spec import ComfyClass
+from nodegraph.comfy_spec import NATIVE_PREFIX, ComfyClass, native_class
 from nodegraph.errors import Issue, WorkflowError, short_repr
 from nodegraph.graph import Graph, Link, NodeInstance
 from nodegraph.node import ComfyMapping, Registry
-
-NATIVE_PREFIX = "nodegraph."
 
 
 def _our_id(comfy_id: str, suffix: str) -> str:
@@ -40,13 +38,7 @@ def describe_node(comfy_id: str, entry: Any) -> str:
 
 def _native_mapping(node_type: str, registry: Registry) -> ComfyMapping | None:
     spec = registry.get(node_type)
-    if spec is None:
-        return None
-
-    def expand(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return {"": {"type": node_type, "inputs": inputs}}
-
-    return ComfyMapping(NATIVE_PREFIX + node_type, expand, tuple(("", name) for name in spec.outputs))
+    return native_class(spec) if spec is not None else None
 
 
 def suggest_class_type(class_type: str, registry: Registry) -> str | None:

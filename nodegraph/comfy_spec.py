@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from nodegraph.node import ComfyMapping
 
 if TYPE_CHECKING:
-    from nodegraph.node import Registry
+    from nodegraph.node import NodeSpec, Registry
 
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 CONTROL_VALUES = frozenset({"fixed", "increment", "decrement", "randomize"})
@@ -166,20 +166,34 @@ def register_comfy(registry: Registry, *classes: ComfyClass) -> None:
         registry.comfy[cls.class_type] = cls
 
 
-def _native_input_spec(spec: Any) -> tuple[str, list[Any]]:
-    """One native input in object_info shape (links by socket type; literals by their primitive)."""
-    described = spec.describe()
-    kind = described.get("type", "*")
-    opts: dict[str, Any] = {}
-    if not spec.required and spec.default is not None:
-        opts["default"] = spec.default
-    if "choices" in described:
-        return ("optional" if not spec.required else "required"), [list(described["choices"]), opts]
-    prim = {"int": "INT", "float": "FLOAT", "str": "STRING", "bool": "BOOLEAN"}.get(str(kind), str(kind).upper())
-    for key, out in (("minimum", "min"), ("maximum", "max")):
-        if key in described:
-            opts[out] = described[key]
-    return ("optional" if not spec.required else "required"), [prim, opts]
+NATIVE_PREFIX = "nodegraph."
+_PRIMITIVES = {"int": "INT", "float": "FLOAT", "str": "STRING", "bool": "BOOLEAN"}
+
+
+def native_class(spec: NodeSpec) -> ComfyClass:
+    """Our node ``<Name>`` as the ComfyUI class_type ``nodegraph.<Name>``: its own inputs, declared in
+    ComfyUI's terms (links by socket type, literals as widgets; an INT named like a seed gets the editor's
+    control value)."""
+    inputs = []
+    for name, ins in spec.inputs.items():
+        described = ins.describe()
+        optional = not ins.required
+        if ins.is_link_only:
+            inputs.append(ComfyInput(name, str(ins.socket), optional=optional))
+            continue
+        choices = tuple(str(c) for c in described.get("choices", ()))
+        kind = "COMBO" if choices else _PRIMITIVES.get(str(described.get("type")), str(described.get("type")).upper())
+        inputs.append(ComfyInput(name, kind, ins.default if optional else None, described.get("minimum"),
+                                 described.get("maximum"), choices=choices, optional=optional,
+                                 control_after_generate=kind == "INT" and "seed" in name))
+    node_type = spec.name
+
+    def expand(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {"": {"type": node_type, "inputs": values}}
+
+    return ComfyClass(NATIVE_PREFIX + spec.name, expand, tuple(("", o) for o in spec.outputs), tuple(inputs),
+                      tuple(spec.outputs.values()), tuple(spec.outputs), spec.is_output,
+                      f"nodegraph/{spec.category}", spec.name, spec.doc)
 
 
 def comfy_object_info(registry: Registry, files: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
@@ -193,25 +207,8 @@ def comfy_object_info(registry: Registry, files: Mapping[str, Sequence[str]] | N
         mapping = registry.comfy[class_type]
         if isinstance(mapping, ComfyClass):
             out[class_type] = mapping.object_info(files, "nodegraph.comfy")
-    for name, spec in registry.all().items():
-        groups: dict[str, dict[str, Any]] = {"required": {}, "optional": {}}
-        for input_name, input_spec in spec.inputs.items():
-            group, entry = _native_input_spec(input_spec)
-            groups[group][input_name] = entry
-        entry_input = {k: v for k, v in groups.items() if v or k == "required"}
-        out[f"nodegraph.{name}"] = {
-            "input": entry_input,
-            "input_order": {k: list(v) for k, v in entry_input.items()},
-            "output": list(spec.outputs.values()),
-            "output_is_list": [False] * len(spec.outputs),
-            "output_name": list(spec.outputs),
-            "name": f"nodegraph.{name}",
-            "display_name": name,
-            "description": spec.doc,
-            "python_module": spec.fn.__module__,
-            "category": f"nodegraph/{spec.category}",
-            "output_node": spec.is_output,
-        }
+    for spec in registry.all().values():
+        out[NATIVE_PREFIX + spec.name] = native_class(spec).object_info(files, spec.fn.__module__)
     return out
 
 

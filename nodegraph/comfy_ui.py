@@ -20,7 +20,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodegraph.comfy_spec import CONTROL_VALUES, ComfyClass
+from nodegraph.comfy_spec import CONTROL_VALUES, NATIVE_PREFIX, ComfyClass, native_class
 from nodegraph.errors import Issue, WorkflowError
 from nodegraph.node import Registry
 
@@ -223,6 +223,9 @@ class _Converter:
     # ---- resolution ----------------------------------------------------------------------------
     def spec(self, class_type: str) -> ComfyClass | None:
         mapping = self.registry.comfy_mapping(class_type)
+        if mapping is None and class_type.startswith(NATIVE_PREFIX):
+            native = self.registry.get(class_type[len(NATIVE_PREFIX):])
+            return native_class(native) if native is not None else None
         return mapping if isinstance(mapping, ComfyClass) else None
 
     def resolve(self, key: str | None, where: _Node) -> tuple[str, Any]:
@@ -288,8 +291,7 @@ class _Converter:
             if node.mode in (MUTED, BYPASSED):
                 continue
             spec = self.spec(node.type)
-            native = None if spec is not None else self.native_widgets(node.type)
-            if spec is None and native is None:
+            if spec is None:
                 close = difflib.get_close_matches(node.type, list(self.registry.comfy), n=1, cutoff=0.6)
                 hint = f"; the nearest supported one is {close[0]!r}" if close else ""
                 unknown.append(Issue(kind="unknown_comfy_type", node=node.id, found=node.type,
@@ -297,9 +299,7 @@ class _Converter:
                                      message=f"{_label(node)}: ComfyUI class_type {node.type!r} has no mapping onto "
                                              f"nodegraph nodes{hint} (docs/comfyui.md lists those supported)"))
                 continue
-            widget_names = [w.name for w in spec.widgets()] if spec is not None else native or []
-            values = positional_widgets(spec, node.widgets_values) if spec is not None else \
-                _native_values(widget_names, node.widgets_values)
+            values = positional_widgets(spec, node.widgets_values)
             inputs: dict[str, Any] = dict(values)
             for slot in node.inputs:
                 if slot.link is None:
@@ -310,27 +310,12 @@ class _Converter:
                     inputs[name] = value
                 elif kind == "value":
                     inputs[name] = {"__value__": value} if isinstance(value, list) else value
-            title = node.title or (spec.display_name if spec is not None else None) or node.type
+            title = node.title or spec.display_name or node.type
             prompt[node.id] = {"class_type": node.type, "inputs": inputs, "_meta": {"title": title}}
         issues = self.flat.issues + unknown
         if issues:
             raise WorkflowError(issues)
         return prompt
-
-    def native_widgets(self, class_type: str) -> list[str] | None:
-        if not class_type.startswith("nodegraph."):
-            return None
-        spec = self.registry.get(class_type[len("nodegraph."):])
-        if spec is None:
-            return None
-        literals = [s for s in spec.inputs.values() if not s.is_link_only]
-        return [s.name for s in literals if s.required] + [s.name for s in literals if not s.required]
-
-
-def _native_values(names: list[str], values: Any) -> dict[str, Any]:
-    if isinstance(values, dict):
-        return {n: values[n] for n in names if n in values}
-    return dict(zip(names, values or [], strict=False))
 
 
 def widget_value_count(spec: ComfyClass, values: list[Any]) -> int:

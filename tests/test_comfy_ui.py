@@ -336,3 +336,11 @@ def test_convert_command_prints_api_and_writes_native(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({**inpaint_ui(), "nodes": [{"id": 1, "type": "Nope", "mode": 0}]}))
     assert main(["convert", str(bad)]) == 2
+
+
+def test_native_nodes_in_ui_files_map_widgets_with_the_seed_control_value():
+    ui = UIDoc()
+    ui.node(1, "nodegraph.Sample", [7, "randomize", 2, 12], inputs=(("unet", "UNET"), ("positive", "CONDITIONING"),
+                                                                   ("latent", "LATENT")))
+    inputs = ui_to_api(ui.doc(), REGISTRY)["1"]["inputs"]
+    assert inputs == {"seed": 7, "batch_size": 2, "steps": 12}
