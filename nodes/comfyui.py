@@ -252,8 +252,11 @@ LATENTS = (
 
 # ---- images and masks ---------------------------------------------------------------------------
 def _composite(inputs: Inputs) -> Expanded:
-    if inputs.get("x", 0) or inputs.get("y", 0):
-        raise MappingError("x", "ImageCompositeMasked with an x/y offset is not supported; only x=0, y=0")
+    if inputs.get("x", 0) or inputs.get("y", 0) or inputs.get("resize_source") or inputs.get("mask") is None:
+        return _one("PasteImage", destination="<destination>", source="<source>", x="<x>", y="<y>",
+                    resize_source="<resize_source>", mask="<mask>")(inputs)
+    # The inpainting case: our CompositeMasked (the same arithmetic at 0, 0 with a same-size mask, and it
+    # checks that the sizes agree instead of cutting).
     return {"": {"type": "CompositeMasked", "inputs": {"original": inputs["destination"],
                                                       "generated": inputs["source"], "mask": inputs["mask"]}}}
 
@@ -281,8 +284,8 @@ IMAGES = (
          (_link("destination", "IMAGE"), _link("source", "IMAGE"), _int("x", 0, 0, MAX_RESOLUTION),
           _int("y", 0, 0, MAX_RESOLUTION), _bool("resize_source", False), _link("mask", "MASK", optional=True)),
          ("IMAGE",), category="image",
-         notes="Only x = y = 0 (an offset is an import error); `resize_source` is ignored. Pixels outside the "
-               "mask are exactly the destination's."),
+         notes="At x = y = 0 with a mask: our CompositeMasked (sizes must agree; pixels outside the mask are "
+               "exactly the destination's); otherwise ComfyUI's arithmetic (PasteImage)."),
     _cls("InvertMask", _one("InvertMask", mask="<mask>"), (("", "mask"),), _MASK, ("MASK",), category="mask"),
     _cls("ThresholdMask", _one("ThresholdMask", mask="<mask>", value="<value>"), (("", "mask"),),
          (*_MASK, _float("value", 0.5, 0.0, 1.0)), ("MASK",), category="mask"),

@@ -6,14 +6,13 @@ batch; an upscale or composite changes the picture, so they are dropped there (t
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
 from nodegraph import node
 from nodes.payloads import Latent, Mask
-from nodes.transform import scale_channels_first
+from nodes.transform import paste_channels_first, repeat_to, scale_channels_first
 
 if TYPE_CHECKING:
     import torch
@@ -22,15 +21,8 @@ LatentScaleMethod = Literal["nearest-exact", "bilinear", "area", "bicubic"]
 Pixels = Annotated[int, Field(ge=0, le=16384)]
 
 
-def _repeat_to(x: torch.Tensor, batch: int) -> torch.Tensor:
-    """x repeated (or cut) to batch items, as ComfyUI's repeat_to_batch_size."""
-    if x.shape[0] == batch:
-        return x
-    return x.repeat(math.ceil(batch / x.shape[0]), *([1] * (x.ndim - 1)))[:batch]
-
-
 def _batch_of(x: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-    return None if x is None else _repeat_to(x, batch)
+    return None if x is None else repeat_to(x, batch)
 
 
 @node(category="latent/batch", version=1, outputs={"latent": Latent}, persist=True)
@@ -95,34 +87,5 @@ def CompositeLatent(destination: Latent, source: Latent, x: Pixels = 0, y: Pixel
     edges that lie inside the destination linearly. With a mask (or resize_source) it is
     LatentCompositeMasked: the mask, resized bilinearly to the source, weighs source against destination.
     """
-    import torch
-    import torch.nn.functional as F
-
-    out = destination.samples.clone()
-    src = source.samples.to(out)
-    if resize_source:
-        src = F.interpolate(src, size=out.shape[-2:], mode="bilinear")
-    src = _repeat_to(src, out.shape[0])
-    left, top = x // 8, y // 8
-    vis_h, vis_w = max(0, out.shape[-2] - top), max(0, out.shape[-1] - left)
-    piece = src[..., :vis_h, :vis_w]
-    ph, pw = piece.shape[-2:]
-    if mask is not None:
-        weight = F.interpolate(mask.float().reshape(-1, 1, *mask.shape[-2:]), size=src.shape[-2:], mode="bilinear")
-        weight = _repeat_to(weight, src.shape[0])[..., :ph, :pw]
-    else:
-        weight = torch.ones_like(piece)
-        cells = feather // 8
-        for t in range(cells):
-            ramp = (t + 1) / cells
-            if top != 0:
-                weight[:, :, t] *= ramp
-            if top + ph < out.shape[-2]:
-                weight[:, :, ph - 1 - t] *= ramp
-            if left != 0:
-                weight[:, :, :, t] *= ramp
-            if left + pw < out.shape[-1]:
-                weight[:, :, :, pw - 1 - t] *= ramp
-    region = out[..., top:top + ph, left:left + pw]
-    out[..., top:top + ph, left:left + pw] = piece * weight + region * (1 - weight)
+    out = paste_channels_first(destination.samples, source.samples, x // 8, y // 8, mask, resize_source, feather // 8)
     return Latent(out, empty=False)

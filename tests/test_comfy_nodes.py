@@ -251,3 +251,21 @@ def test_tiled_vae_nodes_and_preview_image(builtin_models_dir, tmp_path):
     assert torch.equal(result["d"]["image"], result["dt"]["image"])
     (written,) = result.outputs["p"]
     assert Path(written).parent == tmp_path / "previews" and Path(written).is_file()
+
+
+def test_image_composite_masked_with_offset_and_without_mask(tmp_path):
+    prompt = {"d": empty_image(0x000000, 6, 4), "s": empty_image(0xFFFFFF, 3, 3), "m": solid_mask(0.25, 3, 3),
+              "off": {"class_type": "ImageCompositeMasked", "inputs": {"destination": ["d", 0], "source": ["s", 0],
+                                                                       "x": 4, "y": 2, "resize_source": False}},
+              "mask": {"class_type": "ImageCompositeMasked", "inputs": {"destination": ["d", 0], "source": ["s", 0],
+                                                                        "x": 1, "y": 0, "resize_source": False,
+                                                                        "mask": ["m", 0]}},
+              "fit": {"class_type": "ImageCompositeMasked", "inputs": {"destination": ["d", 0], "source": ["s", 0],
+                                                                       "x": 0, "y": 0, "resize_source": True}}}
+    expected = torch.zeros(1, 4, 6, 3)
+    expected[:, 2:4, 4:6] = 1  # cut at the destination's corner
+    assert torch.equal(run(prompt, "off", tmp_path), expected)
+    expected = torch.zeros(1, 4, 6, 3)
+    expected[:, 0:3, 1:4] = 0.25
+    assert torch.allclose(run(prompt, "mask", tmp_path), expected)
+    assert torch.equal(run(prompt, "fit", tmp_path), torch.ones(1, 4, 6, 3))
