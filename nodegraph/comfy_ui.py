@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodegraph.comfy_spec import CONTROL_VALUES, NATIVE_PREFIX, ComfyClass, native_class
-from nodegraph.errors import Issue, WorkflowError
+from nodegraph.errors import Issue, WorkflowError, short_repr
 from nodegraph.node import Registry
 
 MUTED, BYPASSED = 2, 4
@@ -78,7 +78,14 @@ def _link_tuple(link: Any) -> tuple[Any, Any, Any, Any, Any] | None:
 
 
 def _slot_index(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else int(value or 0)
+    """A slot number; anything else (a malformed file) is -1, which no slot has."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return int(value) if isinstance(value, str) and value.isdigit() else -1
+
+
+def _is_control(value: Any) -> bool:
+    return isinstance(value, str) and value in CONTROL_VALUES
 
 
 class _Converter:
@@ -103,6 +110,10 @@ class _Converter:
                 self.flat.issues.append(Issue(kind="invalid_file", message="a node without an id"))
                 continue
             node = self.make_node(prefix, raw, inherited_mode)
+            if node.id in self.flat.nodes:
+                self.flat.issues.append(Issue(kind="duplicate_id", node=node.id, found=node.id,
+                                              message=f"{_label(node)}: node id {node.id!r} is used twice"))
+                continue
             node_type = node.type
             if node_type in self.subgraphs:
                 self.add_subgraph(node, self.subgraphs[node_type], depth)
@@ -325,7 +336,7 @@ def widget_value_count(spec: ComfyClass, values: list[Any]) -> int:
         if i >= len(values):
             break
         i += 1
-        if widget.control_after_generate and i < len(values) and values[i] in CONTROL_VALUES:
+        if widget.control_after_generate and i < len(values) and _is_control(values[i]):
             i += 1
     return i
 
@@ -348,7 +359,7 @@ def positional_widgets(spec: ComfyClass, values: Any) -> dict[str, Any]:
             break
         out[widget.name] = values[i]
         i += 1
-        if widget.control_after_generate and i < len(values) and values[i] in CONTROL_VALUES:
+        if widget.control_after_generate and i < len(values) and _is_control(values[i]):
             i += 1
     return out
 
@@ -359,7 +370,11 @@ def ui_to_api(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
         raise WorkflowError([Issue(kind="invalid_file", message="not a ComfyUI UI-format workflow "
                                                                 "(expected 'nodes', 'links' and 'version')")])
     registry.load_entry_points()
-    return _Converter(data, registry).convert()
+    try:
+        return _Converter(data, registry).convert()
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:  # a malformed file, not our bug
+        raise WorkflowError([Issue(kind="invalid_file", found=short_repr(exc),
+                                   message=f"malformed ComfyUI UI-format file: {exc!r}")]) from None
 
 
 def convert_workflow(data: Any, to: str, registry: Registry, source: str = "<workflow>") -> dict[str, Any]:

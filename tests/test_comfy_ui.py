@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image as PILImage
 from PIL.PngImagePlugin import PngInfo
 
@@ -344,3 +346,27 @@ def test_native_nodes_in_ui_files_map_widgets_with_the_seed_control_value():
                                                                    ("latent", "LATENT")))
     inputs = ui_to_api(ui.doc(), REGISTRY)["1"]["inputs"]
     assert inputs == {"seed": 7, "batch_size": 2, "steps": 12}
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
+                                                                                        max_size=4), max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.text(max_size=12), json_values), min_size=1, max_size=4))
+def test_malformed_ui_files_are_workflow_errors_not_crashes(edits):
+    """Replace parts of a valid UI file with arbitrary JSON: the converter answers or says what is wrong."""
+    data = inpaint_ui()
+    for pick, key, value in edits:
+        targets: list[Any] = [data, *data["nodes"], *data["links"], *data["definitions"]["subgraphs"]]
+        target = targets[pick % len(targets)]
+        if isinstance(target, dict):
+            keys = list(target)
+            target[keys[pick % len(keys)] if key == "" or pick % 2 else key] = value
+        else:
+            target[pick % len(target)] = value
+    try:
+        graph_from_data(data)  # conversion, then the API import and its checks
+    except WorkflowError:
+        pass
