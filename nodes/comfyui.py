@@ -261,13 +261,25 @@ def _composite(inputs: Inputs) -> Expanded:
                                                       "generated": inputs["source"], "mask": inputs["mask"]}}}
 
 
+def input_file(name: Any) -> Any:
+    """A LoadImage value as a path: ComfyUI's ``"name.png [input]"`` names a file of the input directory,
+    which is where relative paths already point; other annotations are left for the path rules to judge."""
+    if isinstance(name, str) and name.endswith(" [input]"):
+        return name[: -len(" [input]")]
+    return name
+
+
+def _load_image(inputs: Inputs) -> Expanded:
+    return {"": {"type": "LoadImage", "inputs": {"path": input_file(inputs["image"])}}}
+
+
 def _constant(_inputs: Inputs) -> Expanded:
     return {}  # the value is handed on as a literal through the "=value" output
 
 
 _MASK = (_link("mask", "MASK"),)
 IMAGES = (
-    _cls("LoadImage", _one("LoadImage", path="<image>"), (("", "image"), ("", "mask")),
+    _cls("LoadImage", _load_image, (("", "image"), ("", "mask")),
          (ComfyInput("image", "COMBO", choices_from="input_images", image_upload=True),),
          ("IMAGE", "MASK"), category="image", display="Load Image",
          notes="Sizes are rounded down to a multiple of 8 by a Lanczos resize (ComfyUI keeps the size and crops "
@@ -349,7 +361,7 @@ def _latent_upscale_by(inputs: Inputs) -> Expanded:
 def _load_image_mask(inputs: Inputs) -> Expanded:
     # ComfyUI's alpha mask is 1 - alpha (transparent = repaint); colour channels are taken as they are.
     channel = inputs.get("channel", "alpha")
-    return {"": {"type": "LoadMask", "inputs": {"path": inputs["image"], "channel": channel,
+    return {"": {"type": "LoadMask", "inputs": {"path": input_file(inputs["image"]), "channel": channel,
                                                "invert": channel == "alpha", "round_to": 1}}}
 
 

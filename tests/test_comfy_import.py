@@ -111,3 +111,11 @@ def test_unimplemented_sampler_names_say_what_to_use_instead():
     with pytest.raises(WorkflowError) as info:
         graph_from_data(data)
     assert "not one of" in info.value.issues[0].message
+
+
+def test_load_image_names_annotated_with_the_input_directory():
+    data = {"10": {"class_type": "LoadImage", "inputs": {"image": "sub/a b.png [input]", "upload": "image"}},
+            "11": {"class_type": "LoadImageMask", "inputs": {"image": "m.png [input]", "channel": "alpha"}}}
+    graph = graph_from_data(data)
+    assert graph.nodes["10"].inputs == {"path": "sub/a b.png"}
+    assert graph.nodes["11"].inputs == {"path": "m.png", "channel": "alpha", "invert": True, "round_to": 1}
