@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field
 
 from nodegraph import node
+from nodegraph.node import PERSIST
 from nodes.payloads import Latent, Mask
 from nodes.transform import paste_channels_first, repeat_to, scale_channels_first
 
@@ -25,7 +26,7 @@ def _batch_of(x: torch.Tensor | None, batch: int) -> torch.Tensor | None:
     return None if x is None else repeat_to(x, batch)
 
 
-@node(category="latent/batch", version=1, outputs={"latent": Latent}, persist=True)
+@node(category="latent/batch", version=1, cache=PERSIST)
 def RepeatLatent(latent: Latent, amount: Annotated[int, Field(ge=1, le=64)] = 1) -> Latent:
     """The batch repeated `amount` times (ComfyUI's RepeatLatentBatch)."""
     b = latent.samples.shape[0]
@@ -37,7 +38,7 @@ def RepeatLatent(latent: Latent, amount: Annotated[int, Field(ge=1, le=64)] = 1)
     return latent.replace(samples=rep(latent.samples), masked=rep(latent.masked), mask=rep(latent.mask))
 
 
-@node(category="latent/batch", version=1, outputs={"latent": Latent}, persist=True)
+@node(category="latent/batch", version=1, cache=PERSIST)
 def LatentFromBatch(latent: Latent, batch_index: Annotated[int, Field(ge=0, le=63)] = 0,
                     length: Annotated[int, Field(ge=1, le=64)] = 1) -> Latent:
     """Items batch_index .. batch_index+length-1, both moved inside the batch first (as ComfyUI does)."""
@@ -52,7 +53,7 @@ def LatentFromBatch(latent: Latent, batch_index: Annotated[int, Field(ge=0, le=6
     return latent.replace(samples=cut(latent.samples), masked=cut(latent.masked), mask=cut(latent.mask))
 
 
-@node(category="latent", version=1, outputs={"latent": Latent}, persist=True)
+@node(category="latent", version=1, cache=PERSIST)
 def ScaleLatent(latent: Latent, method: LatentScaleMethod = "nearest-exact", width: Pixels = 512,
                 height: Pixels = 512, crop: Literal["disabled", "center"] = "disabled",
                 scale_by: Annotated[float, Field(ge=0.01, le=8.0)] | None = None) -> Latent:
@@ -78,7 +79,7 @@ def ScaleLatent(latent: Latent, method: LatentScaleMethod = "nearest-exact", wid
     return Latent(samples, empty=latent.empty)
 
 
-@node(category="latent", version=1, outputs={"latent": Latent}, persist=True)
+@node(category="latent", version=1, cache=PERSIST)
 def CompositeLatent(destination: Latent, source: Latent, x: Pixels = 0, y: Pixels = 0, feather: Pixels = 0,
                     mask: Mask | None = None, resize_source: bool = False) -> Latent:
     """Paste source into destination with its corner at (x, y) pixels (cut to cells of 8).

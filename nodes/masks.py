@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from nodegraph import node
+from nodegraph.node import PERSIST
 from nodes.payloads import Image, Mask
 
 Pixels = Annotated[int, Field(ge=0, le=16384)]
@@ -16,19 +17,19 @@ Channel = Literal["red", "green", "blue", "alpha"]
 _CHANNELS = {"red": 0, "green": 1, "blue": 2, "alpha": 3}
 
 
-@node(category="mask", version=1, outputs={"mask": Mask}, persist=True)
+@node(category="mask", version=1, cache=PERSIST)
 def InvertMask(mask: Mask) -> Mask:
     """1 - mask: repaint what was kept and keep what was repainted."""
     return 1.0 - mask
 
 
-@node(category="mask", version=1, outputs={"mask": Mask}, persist=True)
+@node(category="mask", version=1, cache=PERSIST)
 def ThresholdMask(mask: Mask, value: Unit = 0.5) -> Mask:
     """1 where the mask is above value, else 0."""
     return (mask > value).float()
 
 
-@node(category="mask", version=1, outputs={"mask": Mask}, persist=True)
+@node(category="mask", version=1, cache=PERSIST)
 def SolidMask(value: Unit = 1.0, width: Extent = 512, height: Extent = 512) -> Mask:
     """A one-item mask batch filled with value."""
     import torch
@@ -36,13 +37,13 @@ def SolidMask(value: Unit = 1.0, width: Extent = 512, height: Extent = 512) -> M
     return torch.full((1, height, width), float(value), dtype=torch.float32)
 
 
-@node(category="mask", version=1, outputs={"image": Image}, persist=True)
+@node(category="mask", version=1, cache=PERSIST)
 def MaskToImage(mask: Mask) -> Image:
     """The mask as a grey RGB image."""
     return mask.float()[..., None].expand(*mask.shape, 3).contiguous()
 
 
-@node(category="mask", version=1, outputs={"mask": Mask}, persist=True)
+@node(category="mask", version=1, cache=PERSIST)
 def ImageToMask(image: Image, channel: Channel = "red") -> Mask:
     """One channel of the image as a mask (alpha of an RGB image is an error, not a guess)."""
     index = _CHANNELS[channel]
@@ -51,26 +52,26 @@ def ImageToMask(image: Image, channel: Channel = "red") -> Mask:
     return image[..., index].contiguous()
 
 
-@node(category="image", version=1, outputs={"image": Image}, persist=True)
+@node(category="image", version=1, cache=PERSIST)
 def InvertImage(image: Image) -> Image:
     """1 - image."""
     return 1.0 - image
 
 
-@node(category="mask", version=1, outputs={"mask": Mask}, persist=True)
+@node(category="mask", version=1, cache=PERSIST)
 def CropMask(mask: Mask, x: Pixels = 0, y: Pixels = 0, width: Extent = 512, height: Extent = 512) -> Mask:
     """The region [y, y+height) x [x, x+width), cut at the mask's edges."""
     return mask[:, y:y + height, x:x + width].contiguous()
 
 
-@node(category="image", version=1, outputs={"image": Image}, persist=True)
+@node(category="image", version=1, cache=PERSIST)
 def CropImage(image: Image, width: Extent = 512, height: Extent = 512, x: Pixels = 0, y: Pixels = 0) -> Image:
     """The region at (x, y) of that size; x and y are moved inside the image first, as ComfyUI does."""
     x, y = min(x, image.shape[2] - 1), min(y, image.shape[1] - 1)
     return image[:, y:y + height, x:x + width, :].contiguous()
 
 
-@node(category="mask", version=1, outputs={"mask": Mask}, persist=True)
+@node(category="mask", version=1, cache=PERSIST)
 def GrowMask(mask: Mask, expand: Annotated[int, Field(ge=-16384, le=16384)] = 0,
              tapered_corners: bool = True) -> Mask:
     """Dilate (expand > 0) or erode (expand < 0) by |expand| pixels, one pixel per step.
@@ -96,7 +97,7 @@ def GrowMask(mask: Mask, expand: Annotated[int, Field(ge=-16384, le=16384)] = 0,
     return out[:, 0].contiguous()
 
 
-@node(category="mask", version=1, outputs={"mask": Mask}, persist=True)
+@node(category="mask", version=1, cache=PERSIST)
 def FeatherMask(mask: Mask, left: Pixels = 0, top: Pixels = 0, right: Pixels = 0, bottom: Pixels = 0) -> Mask:
     """Fade the mask out linearly towards each edge: row/column i from that edge is scaled by (i+1)/width."""
     import torch
@@ -122,7 +123,7 @@ def FeatherMask(mask: Mask, left: Pixels = 0, top: Pixels = 0, right: Pixels = 0
 MaskOperation = Literal["multiply", "add", "subtract", "and", "or", "xor"]
 
 
-@node(category="mask", version=1, outputs={"mask": Mask}, persist=True)
+@node(category="mask", version=1, cache=PERSIST)
 def CompositeMask(destination: Mask, source: Mask, x: Pixels = 0, y: Pixels = 0,
                   operation: MaskOperation = "multiply") -> Mask:
     """Combine source into destination with its top-left corner at (x, y); the result is clamped to [0, 1].

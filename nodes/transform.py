@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field
 
 from nodegraph import node
+from nodegraph.node import PERSIST
+from nodes.image import ImageAndMask
 from nodes.payloads import Image, Mask
 
 if TYPE_CHECKING:
@@ -95,7 +97,7 @@ def _scale(image: torch.Tensor, width: int, height: int, method: str, crop: str 
     return scale_channels_first(image.movedim(-1, 1), width, height, method, crop).movedim(1, -1).contiguous()
 
 
-@node(category="image/transform", version=1, outputs={"image": Image}, persist=True)
+@node(category="image/transform", version=1, cache=PERSIST)
 def ScaleImage(image: Image, method: ScaleMethod = "nearest-exact", width: Pixels = 512, height: Pixels = 512,
                crop: Crop = "disabled") -> Image:
     """Resize to width x height (ComfyUI's ImageScale). A size of 0 follows the other's aspect ratio; both 0
@@ -110,7 +112,7 @@ def ScaleImage(image: Image, method: ScaleMethod = "nearest-exact", width: Pixel
     return _scale(image, width, height, method, crop)
 
 
-@node(category="image/transform", version=1, outputs={"image": Image}, persist=True)
+@node(category="image/transform", version=1, cache=PERSIST)
 def ScaleImageBy(image: Image, method: ScaleMethod = "nearest-exact",
                  scale_by: Annotated[float, Field(ge=0.01, le=8.0)] | None = 1.0,
                  megapixels: Annotated[float, Field(ge=0.01, le=16.0)] | None = None) -> Image:
@@ -123,9 +125,9 @@ def ScaleImageBy(image: Image, method: ScaleMethod = "nearest-exact",
     return _scale(image, round(w * factor), round(h * factor), method)
 
 
-@node(category="image/transform", version=1, outputs={"image": Image, "mask": Mask}, persist=True)
+@node(category="image/transform", version=1, cache=PERSIST)
 def PadForOutpaint(image: Image, left: Pixels = 0, top: Pixels = 0, right: Pixels = 0, bottom: Pixels = 0,
-                   feathering: Pixels = 40) -> tuple[Image, Mask]:
+                   feathering: Pixels = 40) -> ImageAndMask:
     """Add grey (0.5) borders and a mask of them to repaint (ComfyUI's ImagePadForOutpaint).
 
     Inside the original, pixels closer than `feathering` to a padded side get mask ((f - d) / f)^2, so
@@ -146,10 +148,10 @@ def PadForOutpaint(image: Image, left: Pixels = 0, top: Pixels = 0, right: Pixel
                          j if left else far_w, w - j if right else far_w]).amin(dim=0)
         inner = torch.where(d < feathering, ((feathering - d) / feathering) ** 2, inner)
     mask[top:top + h, left:left + w] = inner
-    return out, mask[None]
+    return ImageAndMask(out, mask[None])
 
 
-@node(category="image", version=1, outputs={"image": Image}, persist=True)
+@node(category="image", version=1, cache=PERSIST)
 def SolidImage(width: Extent = 512, height: Extent = 512, batch_size: Annotated[int, Field(ge=1, le=4096)] = 1,
                color: Annotated[int, Field(ge=0, le=0xFFFFFF)] = 0) -> Image:
     """An image batch of one colour, given as 0xRRGGBB (ComfyUI's EmptyImage)."""
@@ -159,7 +161,7 @@ def SolidImage(width: Extent = 512, height: Extent = 512, batch_size: Annotated[
     return rgb.expand(batch_size, height, width, 3).contiguous()
 
 
-@node(category="image", version=1, outputs={"image": Image}, persist=True)
+@node(category="image", version=1, cache=PERSIST)
 def BatchImages(image1: Image, image2: Image) -> Image:
     """image1 then image2 in one batch; image2 is first resized (bilinear, centre crop) to image1's size."""
     import torch
@@ -169,7 +171,7 @@ def BatchImages(image1: Image, image2: Image) -> Image:
     return torch.cat((image1, image2), dim=0)
 
 
-@node(category="image", version=1, outputs={"image": Image}, persist=True)
+@node(category="image", version=1, cache=PERSIST)
 def PasteImage(destination: Image, source: Image, x: Pixels = 0, y: Pixels = 0, resize_source: bool = False,
                mask: Mask | None = None) -> Image:
     """Paste source into destination with its corner at (x, y) (ComfyUI's ImageCompositeMasked): the mask,
