@@ -47,10 +47,18 @@ _SCHEDULER_INSTEAD = {"simple": ("simple", "sgm_uniform"), "ddim_uniform": ("ddi
                       "linear_quadratic": ("linear_quadratic", "normal"), "kl_optimal": ("kl_optimal", "karras")}
 
 
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {}
+
+
 def _choices(node_type: str, input_name: str) -> tuple[str, ...]:
-    spec = REGISTRY.get(node_type)
-    described = spec.inputs[input_name].describe() if spec and input_name in spec.inputs else {}
-    return tuple(described.get("choices", ()))
+    """The values our node accepts for a Literal input (remembered: describe() builds a JSON schema)."""
+    if (node_type, input_name) not in _CHOICES:
+        spec = REGISTRY.get(node_type)
+        described = spec.inputs[input_name].describe() if spec and input_name in spec.inputs else {}
+        if not described.get("choices"):
+            return ()
+        _CHOICES[node_type, input_name] = tuple(described["choices"])
+    return _CHOICES[node_type, input_name]
 
 
 def _translate_name(name: str, what: str, input_name: str, ours: tuple[str, ...],
