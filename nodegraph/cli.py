@@ -19,7 +19,7 @@ from nodegraph.executor import Engine
 from nodegraph.files import atomic_write_bytes
 from nodegraph.graph import validate
 from nodegraph.node import REGISTRY
-from nodegraph.workflow import _decode_input, load_workflow
+from nodegraph.workflow import apply_override, load_workflow
 
 COMMANDS_ENTRY_POINT = "nodegraph.commands"
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -63,17 +63,13 @@ def _print_issues(err: WorkflowError, as_json: bool) -> None:
 def _apply_sets(graph: Any, sets: list[str]) -> None:
     for item in sets:
         target, sep, raw = item.partition("=")
-        node_id, dot, input_name = target.rpartition(".")
-        if not sep or not dot or not node_id or not input_name:
+        if not sep or "." not in target:
             raise WorkflowError([_usage_issue(f"--set {item!r}: write NODE.INPUT=VALUE")])
         try:
             value = json.loads(raw)
         except ValueError:
             value = raw
-        issues: list[Any] = []
-        graph.set_input(node_id, input_name, _decode_input(value, node_id, input_name, issues))
-        if issues:
-            raise WorkflowError(issues)
+        apply_override(graph, target, value)
 
 
 def _usage_issue(message: str) -> Any:
