@@ -60,16 +60,20 @@ def _print_issues(err: WorkflowError, as_json: bool) -> None:
             print(f"  - [{issue.kind}] {issue}", file=sys.stderr)
 
 
+def parse_set(item: str) -> tuple[str, Any]:
+    """``NODE.INPUT=VALUE`` → (``NODE.INPUT``, value); VALUE is JSON when it parses, else a string."""
+    target, sep, raw = item.partition("=")
+    if not sep or "." not in target:
+        raise WorkflowError([_usage_issue(f"--set {item!r}: write NODE.INPUT=VALUE")])
+    try:
+        return target, json.loads(raw)
+    except ValueError:
+        return target, raw
+
+
 def _apply_sets(graph: Any, sets: list[str]) -> None:
     for item in sets:
-        target, sep, raw = item.partition("=")
-        if not sep or "." not in target:
-            raise WorkflowError([_usage_issue(f"--set {item!r}: write NODE.INPUT=VALUE")])
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        apply_override(graph, target, value)
+        apply_override(graph, *parse_set(item))
 
 
 def _usage_issue(message: str) -> Any:
