@@ -48,11 +48,13 @@ class ProgressListener:
             self.bar = tqdm(total=total, unit="job", desc=f"batch ({workers} workers)", file=sys.stderr)
 
     def job_recorded(self, entry: ManifestLine) -> None:
+        if entry.attempts == 0:  # an invalid job, listed before the bar started
+            return
         if entry.status == "done":
             self.done += 1
         else:
             self.failed += 1
-        if self.bar is not None and entry.attempts > 0:
+        if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(done=self.done, failed=self.failed, refresh=False)
 
