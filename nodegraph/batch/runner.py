@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+RESTART_TIMEOUT_S = 300
 INSTALL_HINT = 'Ray is not installed: pip install -e ".[ray]" (or pip install ray)'
 
 
@@ -361,11 +362,11 @@ class BatchRunner:
                 self.summary.retried += 1
                 pending.appendleft(item)
         if not self.stop.soft.is_set():
-            try:  # wait for Ray's restart, so that the next jobs are not lost to the same dead process
-                info = ray.get(self.actors[w].ready.remote(), timeout=300)
+            info = _wait_ready(ray, self.actors[w], RESTART_TIMEOUT_S)
+            if info is None:
+                logger.warning("worker-%d did not come back within %ds", w, RESTART_TIMEOUT_S)
+            else:
                 figures.processes.append(info["worker"])
-            except Exception as exc:
-                logger.warning("worker-%d did not come back: %s", w, exc)
 
     def _record(self, manifest: ManifestWriter, entry: ManifestLine,
                 origin: tuple[str, JobOutcome] | None) -> None:
@@ -399,6 +400,22 @@ class BatchRunner:
             "per_job": self._per_job,
         }
         atomic_write_bytes(path, (json.dumps(body, indent=2) + "\n").encode())
+
+
+def _wait_ready(ray: Any, actor: Any, timeout: float) -> dict[str, Any] | None:
+    """Wait until Ray has restarted a dead actor (its constructor has run again), so that the next jobs
+    are not sent to the dead process."""
+    from ray.exceptions import ActorUnavailableError, GetTimeoutError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return dict(ray.get(actor.ready.remote(), timeout=max(0.1, deadline - time.monotonic())))
+        except ActorUnavailableError:  # still restarting
+            time.sleep(0.1)
+        except GetTimeoutError:
+            return None
+    return None
 
 
 def _pick(pending: deque[_Pending], held: ModelKey | None) -> _Pending:
