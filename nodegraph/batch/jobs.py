@@ -86,15 +86,16 @@ def parse_job(line: int, text: str | None) -> NumberedJob | JobIssue:
     if text is None:
         return JobIssue(line=line, message=f"line is longer than {MAX_LINE_BYTES} bytes")
     try:
+        return NumberedJob(line, Job.model_validate_json(text))
+    except PydanticValidationError as exc:
+        first_error = exc
+    try:  # say why in the words of the JSON parser, and name the job when it has an id
         data = json.loads(text)
     except ValueError as exc:
         return JobIssue(line=line, message=f"not JSON: {exc}")
     job_id = data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else None
-    try:
-        return NumberedJob(line, Job.model_validate(data))
-    except PydanticValidationError as exc:
-        reasons = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'job'}: {e['msg']}" for e in exc.errors())
-        return JobIssue(line=line, id=job_id, message=f"not a job ({reasons})")
+    reasons = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or 'job'}: {e['msg']}" for e in first_error.errors())
+    return JobIssue(line=line, id=job_id, message=f"not a job ({reasons})")
 
 
 def _id_hash(job_id: str) -> int:

@@ -297,6 +297,10 @@ class BatchRunner:
         inflight: dict[Any, tuple[_Pending, int]] = {}
         queued = [0] * len(self.actors)
         held: list[ModelKey | None] = [None] * len(self.actors)  # models each worker loaded last
+        # Workers whose process died: no jobs go to them until Ray's restart has run their constructor
+        # (a ready() probe answers); the other workers go on meanwhile.
+        probes: dict[Any, int] = {}
+        down: dict[int, float] = {}  # worker -> when it was found dead
         exhausted = False
         announced = False
         while True:
@@ -317,22 +321,26 @@ class BatchRunner:
                 else:
                     pending.append(nxt)
             for w in range(len(self.actors)):
-                while pending and queued[w] < opts.window:
+                while pending and w not in down and queued[w] < opts.window:
                     item = _pick(pending, held[w])
                     held[w] = item.key
                     item.attempts += 1
                     ref = self.actors[w].run_job.remote(item.job.job.id, item.job.job.set)
                     inflight[ref] = (item, w)
                     queued[w] += 1
-            if not inflight:
-                if exhausted and not pending:
-                    return
-                continue
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.2)
+            if not inflight and (exhausted and not pending or self.stop.soft.is_set()):
+                return
+            if not inflight and not probes:
+                raise RuntimeError(f"every worker is gone (none came back within {RESTART_TIMEOUT_S}s); "
+                                   "the jobs not recorded run with --resume")
+            ready, _ = ray.wait([*inflight, *probes], num_returns=1, timeout=0.2)
             if ready:
-                ready, _ = ray.wait(list(inflight), num_returns=len(inflight), timeout=0)
+                ready, _ = ray.wait([*inflight, *probes], num_returns=len(inflight) + len(probes), timeout=0)
             lost: dict[int, list[_Pending]] = {}
             for ref in ready:
+                if ref in probes:
+                    self._probe_answered(ray, ref, probes, down)
+                    continue
                 item, w = inflight.pop(ref)
                 queued[w] -= 1
                 try:
@@ -345,13 +353,34 @@ class BatchRunner:
                     worker=outcome.worker, error=outcome.error, report=outcome.report, line=item.job.line,
                     attempts=item.attempts), (f"worker-{w}", outcome))
             for w, items in lost.items():
-                self._worker_lost(ray, w, items, pending, manifest)
+                self._worker_lost(w, items, pending, manifest, died=w not in down)
                 held[w] = None
+                if w not in down:
+                    down[w] = time.monotonic()
+                    probes[self.actors[w].ready.remote()] = w
 
-    def _worker_lost(self, ray: Any, w: int, items: list[_Pending], pending: deque[_Pending],
-                     manifest: ManifestWriter) -> None:
+    def _probe_answered(self, ray: Any, ref: Any, probes: dict[Any, int], down: dict[int, float]) -> None:
+        from ray.exceptions import RayActorError
+
+        w = probes.pop(ref)
+        try:
+            info = ray.get(ref)
+        except RayActorError:  # still restarting (or died again while starting)
+            if time.monotonic() - down[w] > RESTART_TIMEOUT_S:
+                logger.warning("worker-%d did not come back within %ds; going on without it", w, RESTART_TIMEOUT_S)
+                return
+            time.sleep(0.05)
+            probes[self.actors[w].ready.remote()] = w
+            return
+        del down[w]
+        self.summary.workers[f"worker-{w}"].processes.append(info["worker"])
+
+    def _worker_lost(self, w: int, items: list[_Pending], pending: deque[_Pending], manifest: ManifestWriter,
+                     died: bool) -> None:
+        """Jobs that were on a dead process go back to the head of the queue (``died``: news of the death,
+        not more jobs of a death already seen)."""
         figures = self.summary.workers[f"worker-{w}"]
-        figures.lost += 1
+        figures.lost += died
         self.listener.worker_lost(figures.processes[-1], [i.job.job.id for i in items])
         for item in sorted(items, key=lambda i: i.job.line, reverse=True):
             if item.attempts > self.opts.retries:
@@ -361,12 +390,6 @@ class BatchRunner:
             else:
                 self.summary.retried += 1
                 pending.appendleft(item)
-        if not self.stop.soft.is_set():
-            info = _wait_ready(ray, self.actors[w], RESTART_TIMEOUT_S)
-            if info is None:
-                logger.warning("worker-%d did not come back within %ds", w, RESTART_TIMEOUT_S)
-            else:
-                figures.processes.append(info["worker"])
 
     def _record(self, manifest: ManifestWriter, entry: ManifestLine,
                 origin: tuple[str, JobOutcome] | None) -> None:
@@ -400,22 +423,6 @@ class BatchRunner:
             "per_job": self._per_job,
         }
         atomic_write_bytes(path, (json.dumps(body, indent=2) + "\n").encode())
-
-
-def _wait_ready(ray: Any, actor: Any, timeout: float) -> dict[str, Any] | None:
-    """Wait until Ray has restarted a dead actor (its constructor has run again), so that the next jobs
-    are not sent to the dead process."""
-    from ray.exceptions import ActorUnavailableError, GetTimeoutError
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            return dict(ray.get(actor.ready.remote(), timeout=max(0.1, deadline - time.monotonic())))
-        except ActorUnavailableError:  # still restarting
-            time.sleep(0.1)
-        except GetTimeoutError:
-            return None
-    return None
 
 
 def _pick(pending: deque[_Pending], held: ModelKey | None) -> _Pending:
