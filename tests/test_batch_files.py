@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import deque
 from pathlib import Path
 from typing import Annotated
+
+import pytest
 
 from nodegraph import node, validate
 from nodegraph.batch.jobs import Job, JobPlanner, NumberedJob, check_job_file, jobs_from_folders, model_key
@@ -135,3 +138,27 @@ def test_model_key_names_model_sources() -> None:
     graph.add("Format", "fmt", n=loader.value)
     graph.add("WriteText", "w", text=graph["fmt"].text)
     assert model_key(validate(graph)) == (("load", "source", "builtin:x"),)
+
+
+def test_batch_without_ray_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from nodegraph.batch.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without the extra looks like
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(TOY))
+    jobs = write_lines(tmp_path / "jobs.jsonl", [{"id": "a"}])
+    assert main(["batch", str(workflow), str(jobs), "--output-dir", str(tmp_path / "out")]) == 2
+    assert 'pip install -e ".[ray]"' in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_check_lists_problems_without_running(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nodegraph.batch.cli import main
+
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(TOY))
+    jobs = write_lines(tmp_path / "jobs.jsonl", [{"id": "a", "set": {"n.value": 2}}, {"id": "b", "set": {"n.x": 1}}])
+    assert main(["batch", str(workflow), str(jobs), "--check"]) == 2
+    captured = capsys.readouterr()
+    assert "line 2 (job 'b')" in captured.err and "2 job(s), 1 problem(s)" in captured.out

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is imported: loopback only
 ray = pytest.importorskip("ray")
 
 from nodegraph.batch.jobs import JobCheck  # noqa: E402
@@ -35,7 +36,9 @@ DRIVER_RSS_MB: dict[str, float] = {}  # a driver's peak memory on a small job fi
 def ray_address() -> Any:
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              configure_logging=False, runtime_env={"env_vars": {"PYTHONPATH": _package_root()}})
-    yield ray.get_runtime_context().gcs_address
+    address = ray.get_runtime_context().gcs_address
+    assert address.startswith("127.0.0.1:") and ray.util.get_node_ip_address() == "127.0.0.1"
+    yield address
     ray.shutdown()
 
 

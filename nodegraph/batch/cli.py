@@ -74,7 +74,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     from nodegraph.batch.runner import BatchOptions, BatchStop, ManifestExists, RayMissing, _import_ray
 
     try:
-        _import_ray()
+        _import_ray(local=args.ray == "auto")
     except RayMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID

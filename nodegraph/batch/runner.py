@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from collections import deque
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RESTART_TIMEOUT_S = 300
+# Read by Ray at import: "0" makes a local instance use 127.0.0.1 as its node address and bind its servers
+# to loopback only (Ray's own default on macOS and Windows).
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 INSTALL_HINT = 'Ray is not installed: pip install -e ".[ray]" (or pip install ray)'
 
 
@@ -148,7 +152,11 @@ class _Pending:
     attempts: int = 0
 
 
-def _import_ray() -> Any:
+def _import_ray(local: bool = False) -> Any:
+    """Ray, or RayMissing with how to install it. ``local``: a one-machine instance will be started, so
+    Ray must use the loopback address (it otherwise serves on the machine's external address)."""
+    if local and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ONLY_ENV, "0")
     try:
         import ray
     except ImportError:
@@ -170,6 +178,10 @@ def _connect(ray: Any, address: str) -> bool:
     pythonpath = os.pathsep.join(p for p in (_package_root(), os.environ.get("PYTHONPATH")) if p)
     runtime_env = {"env_vars": {"PYTHONPATH": pythonpath}}
     if address == "auto":
+        if ray.util.get_node_ip_address() not in ("127.0.0.1", "::1"):
+            logger.warning("Ray was imported before the batch runner: the local instance serves on %s, not "
+                           "only on loopback (set %s=0 before importing ray)",
+                           ray.util.get_node_ip_address(), LOOPBACK_ONLY_ENV)
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", runtime_env=runtime_env,
                  log_to_driver=False, configure_logging=False)
     else:
@@ -232,7 +244,7 @@ class BatchRunner:
         self.summary.issues = check.issues
         self.summary.jobs = check.jobs + check.count("unreadable")
         self.listener.checked(check)
-        ray = _import_ray()
+        ray = _import_ray(local=opts.ray_address == "auto")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.output_dir / PARTIAL_DIR, ignore_errors=True)  # left by an abandoned batch
         started_ray = _connect(ray, opts.ray_address)
