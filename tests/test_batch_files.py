@@ -34,9 +34,9 @@ def write_lines(path: Path, lines: list[object]) -> Path:
 
 def test_job_graph_is_the_run_set_graph() -> None:
     """A job's overrides build exactly the graph `nodegraph run --set` builds (one code path)."""
-    planner = JobPlanner(TOY)
+    planner = JobPlanner(TOY, "<toy>")
     job_graph = planner.graph(Job(id="a", set={"n.value": 7, "fmt.style": "brackets", "add.b": ["n", "value"]}))
-    cli_graph = JobPlanner(TOY).graph(Job(id="b"))  # the workflow as loaded, no overrides
+    cli_graph = JobPlanner(TOY, "<toy>").graph(Job(id="b"))  # the workflow as loaded, no overrides
     _apply_sets(cli_graph, ["n.value=7", "fmt.style=brackets", 'add.b=["n", "value"]'])
     assert graph_to_dict(job_graph) == graph_to_dict(cli_graph)
     assert planner.graph(Job(id="c")).nodes["n"].inputs == {"value": 1}  # the base graph is not modified
@@ -54,7 +54,7 @@ def test_every_bad_job_is_reported_at_once_with_line_and_id(tmp_path: Path) -> N
         {"id": "ok-2", "set": {"n.value": 3}, "extra": 1},
         {"id": "ok-3", "set": {"n.value": 3}},
     ])
-    check = check_job_file(JobPlanner(TOY), jobs)
+    check = check_job_file(JobPlanner(TOY, "<toy>"), jobs)
     found = {(i.line, i.id, i.kind) for i in check.issues}
     assert found == {(3, "bad-range", "invalid"), (4, None, "unreadable"), (5, "ghost", "invalid"),
                      (6, "../escape", "unreadable"), (7, "ok-1", "duplicate"), (8, "ok-2", "unreadable")}
@@ -68,7 +68,7 @@ def test_every_bad_job_is_reported_at_once_with_line_and_id(tmp_path: Path) -> N
 
 def test_check_skips_recorded_jobs_and_memoises_identical_overrides(tmp_path: Path) -> None:
     jobs = write_lines(tmp_path / "jobs.jsonl", [{"id": f"j{i}", "set": {"n.value": i % 3}} for i in range(300)])
-    planner = JobPlanner(TOY)
+    planner = JobPlanner(TOY, "<toy>")
     check = check_job_file(planner, jobs, skip=lambda job_id: job_id in {"j0", "j1"})
     assert (check.jobs, check.skipped, check.runnable, check.issues) == (300, 2, 298, [])
     assert len(planner._memo) == 3  # three distinct override sets were validated, not 300 graphs

@@ -11,10 +11,9 @@ from typing import Any
 
 from nodegraph.batch.jobs import JobCheck, jobs_from_folders
 from nodegraph.batch.manifest import ManifestLine
-from nodegraph.cache import DEFAULT_DISK_BYTES, parse_size
-from nodegraph.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, parse_set
+from nodegraph.cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, _settings, parse_set
 from nodegraph.errors import WorkflowError
-from nodegraph.settings import EngineSettings
+from nodegraph.settings import DEFAULT_DISK_BYTES
 
 SHOWN_ISSUES = 50
 
@@ -78,14 +77,9 @@ def cmd_batch(args: argparse.Namespace) -> int:
     except RayMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    overrides: dict[str, Any] = {}
-    if args.cache_dir:
-        cache = Path(args.cache_dir).expanduser().resolve()
-        overrides.update(cache_dir=cache, state_dir=cache)
-    settings = EngineSettings.from_env(**overrides).with_(disk_cache_bytes=parse_size(args.cache_size))
-    if args.no_cache:
-        settings = settings.with_(cache_dir=None)
-    opts = BatchOptions(workflow=Path(args.workflow), jobs=Path(args.jobs), output_dir=Path(args.output_dir),
+    output_dir = Path(args.output_dir).expanduser().resolve()
+    settings = _settings(args, output_dir)
+    opts = BatchOptions(workflow=Path(args.workflow), jobs=Path(args.jobs), output_dir=output_dir,
                         ray_address=args.ray, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
                         cpus_per_worker=args.cpus_per_worker, resume=args.resume, retry_failed=args.retry_failed,
                         retries=args.retries, report=Path(args.report) if args.report else None, settings=settings)
@@ -116,7 +110,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 def _check_only(opts: Any) -> int:
     from nodegraph.batch.jobs import JobPlanner, check_job_file
 
-    check = check_job_file(JobPlanner.from_file(opts.workflow), opts.jobs)
+    check = check_job_file(JobPlanner.from_file(opts.workflow, opts.settings, opts.output_dir), opts.jobs)
     for issue in check.issues:
         print(f"  - {issue}", file=sys.stderr)
     print(f"{check.jobs} job(s), {len(check.issues)} problem(s)")

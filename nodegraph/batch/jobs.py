@@ -14,7 +14,7 @@ import re
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,13 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from nodegraph import validate
+from nodegraph.cli import run_policy
 from nodegraph.errors import WorkflowError
 from nodegraph.graph import Graph, NodeInstance
 from nodegraph.types import MODEL_SOURCE, file_role_of
 from nodegraph.workflow import apply_override, graph_from_data, read_workflow_data
 
 if TYPE_CHECKING:
-    from nodegraph.graph import ValidGraph
+    from nodegraph.settings import EngineSettings, PathPolicy
+    from nodegraph.validation import ValidGraph
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # also a safe file name: outputs are named by it
 MAX_LINE_BYTES = 1024 * 1024
@@ -103,17 +105,31 @@ def _id_hash(job_id: str) -> int:
 
 
 class JobPlanner:
-    """The workflow a batch runs, and the graph of each job (the workflow with the job's overrides)."""
+    """The workflow a batch runs, and the graph of each job (the workflow with the job's overrides).
 
-    def __init__(self, data: Any, source: str = "<workflow>"):
+    ``policy`` governs paths as for ``nodegraph run WORKFLOW --output-dir DIR`` (``cli.run_policy``, made
+    once by the driver: overrides cannot change what it depends on): relative paths resolve against the
+    workflow file's folder, writes stay inside the output directory.
+    """
+
+    def __init__(self, data: Any, source: str, policy: PathPolicy | None = None):
         self.data = data
         self.source = source
+        self._policy = policy
         self._base = graph_from_data(data, source=source)  # raises WorkflowError for a broken workflow
         self._memo: OrderedDict[str, tuple[str | None, ModelKey]] = OrderedDict()
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> JobPlanner:
-        return cls(read_workflow_data(path), str(path))
+    def from_file(cls, path: str | os.PathLike[str], settings: EngineSettings, output_dir: Path) -> JobPlanner:
+        planner = cls(read_workflow_data(path), str(Path(path).resolve()))
+        planner._policy = run_policy(Path(path), planner._base, output_dir, settings)
+        return planner
+
+    def policy(self, output_dir: Path | None = None) -> PathPolicy | None:
+        """The path policy of a job writing into ``output_dir`` (default: the batch's output directory)."""
+        if self._policy is None or output_dir is None:
+            return self._policy
+        return replace(self._policy, write_roots=(output_dir,))
 
     def graph(self, job: Job) -> Graph:
         """The job's graph; raises WorkflowError for an override that names no node or is malformed."""
@@ -133,7 +149,8 @@ class JobPlanner:
             self._memo.move_to_end(key)
             return self._memo[key]
         try:
-            verdict: tuple[str | None, ModelKey] = (None, model_key(validate(self.graph(job))))
+            graph = self.graph(job)
+            verdict: tuple[str | None, ModelKey] = (None, model_key(validate(graph, policy=self.policy())))
         except WorkflowError as err:
             verdict = ("; ".join(str(i) for i in err.issues), ())
         self._memo[key] = verdict

@@ -233,7 +233,7 @@ class BatchRunner:
     def run(self) -> BatchSummary:
         start = time.perf_counter()
         opts = self.opts
-        planner = JobPlanner.from_file(opts.workflow)  # WorkflowError: the workflow itself is broken
+        planner = JobPlanner.from_file(opts.workflow, opts.settings, self.output_dir)  # WorkflowError: broken
         manifest_path = self.output_dir / MANIFEST_NAME
         if manifest_path.exists() and not opts.resume:
             raise ManifestExists(f"{manifest_path} exists: pass --resume to continue that batch, "
@@ -270,7 +270,7 @@ class BatchRunner:
         settings = opts.settings.with_(output_dir=self.output_dir)
         cls = _actor_class(ray).options(num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker,
                                         max_restarts=-1, max_task_retries=0)
-        self.actors = [cls.remote(planner.data, planner.source, settings, os.getcwd()) for _ in range(count)]
+        self.actors = [cls.remote(planner.data, planner.source, planner.policy(), settings) for _ in range(count)]
         for i, info in enumerate(ray.get([a.ready.remote() for a in self.actors])):
             self.summary.workers[f"worker-{i}"] = WorkerFigures(processes=[info["worker"]])
 

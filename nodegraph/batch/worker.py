@@ -15,14 +15,19 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from nodegraph.batch.jobs import Job, JobPlanner
+from nodegraph.cli import embedded_workflow
 from nodegraph.errors import WorkflowError
-from nodegraph.executor import Engine, RunResult
-from nodegraph.settings import EngineSettings
+from nodegraph.events import NodeStatus
+from nodegraph.executor import Engine
+from nodegraph.settings import EngineSettings, PathPolicy
+
+if TYPE_CHECKING:
+    from nodegraph.report import RunResult
 
 logger = logging.getLogger(__name__)
 
@@ -43,21 +48,6 @@ class JobOutcome(BaseModel):
     cache_hits: int = 0
 
 
-def make_engine(settings: EngineSettings) -> Engine:
-    """An engine for these settings.
-
-    Today's ``Engine`` takes the disk tier itself and nodes find built-in models through
-    ``NODEGRAPH_CACHE_DIR`` (as ``nodegraph run --cache-dir`` sets it); this process is the worker's own.
-    """
-    from nodegraph.cache import DiskCache
-
-    state = settings.state_dir or settings.cache_dir
-    if state is not None:
-        os.environ["NODEGRAPH_CACHE_DIR"] = str(state)
-    disk = DiskCache(settings.cache_dir, settings.disk_cache_bytes) if settings.cache_dir is not None else None
-    return Engine(disk=disk, memory_bytes=settings.memory_cache_bytes)
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -67,21 +57,20 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _error_text(result: RunResult) -> str:
-    err = result.error or {}
-    if "node" in err:
-        return f"node {err.get('node')!r} ({err.get('type')}): {err.get('exception')}: {err.get('message')}"
-    return str(err.get("message") or err or "failed")
+    err = result.error
+    if err is None:
+        return "interrupted" if result.interrupted else "failed"
+    where = f"node {err.node_id!r} ({err.node_type})" if err.node_id is not None else "the engine"
+    return f"{where}: {err.exception_type}: {err.message}"
 
 
 class BatchWorker:
     """Runs jobs of one workflow, one at a time, with one long-lived engine."""
 
-    def __init__(self, workflow: Any, source: str, settings: EngineSettings, cwd: str | None = None):
-        if cwd and os.path.isdir(cwd):  # relative paths in jobs mean what they mean to the driver
-            os.chdir(cwd)
-        self.planner = JobPlanner(workflow, source)
+    def __init__(self, workflow: Any, source: str, policy: PathPolicy | None, settings: EngineSettings):
         self.output_dir = Path(settings.output_dir).resolve()
-        self.engine = make_engine(settings)
+        self.planner = JobPlanner(workflow, source, policy)
+        self.engine = Engine(settings)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._current: str | None = None
 
@@ -100,11 +89,13 @@ class BatchWorker:
         outcome = JobOutcome(id=job_id, status="failed", worker=self.name)
         try:
             graph = self.planner.graph(Job(id=job_id, set=overrides))
-            result = self.engine.run(graph, output_dir=tmp, raise_on_error=False, workflow_json=graph.to_json(None))
+            policy = self.planner.policy(tmp)  # what `nodegraph run WORKFLOW --output-dir TMP` uses
+            result = self.engine.run(graph, output_dir=tmp, policy=policy, raise_on_error=False,
+                                     workflow_json=embedded_workflow(graph, policy) if policy else None)
             outcome.report = result.report()
             outcome.loads = len(result.loaded)
             outcome.cache_hits = sum(1 for n in result.nodes.values()
-                                     if n["status"] == "cached" and n.get("read", True))
+                                     if NodeStatus(n["status"]) is NodeStatus.CACHED and n.get("read", True))
             if result.ok:
                 outcome.outputs = self._publish(job_id, tmp, result.outputs)
                 outcome.status = "done"
