@@ -62,6 +62,7 @@ def in_process(workflow: Path, jobs: Path, out: Path, settings: Any) -> dict[str
         graph = planner.graph(parsed.job)  # type: ignore[union-attr]
         target = out / parsed.job.id  # type: ignore[union-attr]
         policy = planner.policy(target)
+        assert policy is not None
         result = engine.run(graph, output_dir=target, policy=policy, workflow_json=embedded_workflow(graph, policy))
         assert result.ok
         times.append(time.perf_counter() - t0)

@@ -162,3 +162,17 @@ def test_batch_check_lists_problems_without_running(tmp_path: Path, capsys: pyte
     assert main(["batch", str(workflow), str(jobs), "--check"]) == 2
     captured = capsys.readouterr()
     assert "line 2 (job 'b')" in captured.err and "2 job(s), 1 problem(s)" in captured.out
+
+
+def test_a_batch_never_starts_over_an_existing_manifest(tmp_path: Path) -> None:
+    from nodegraph.batch.runner import BatchOptions, BatchRunner, ManifestExists
+
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(TOY))
+    jobs = write_lines(tmp_path / "jobs.jsonl", [{"id": "a"}])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.jsonl").write_text('{"id": "a", "status": "done"}\n')
+    with pytest.raises(ManifestExists, match="--resume"):
+        BatchRunner(BatchOptions(workflow=workflow, jobs=jobs, output_dir=out)).run()
+    assert (out / "manifest.jsonl").read_text() == '{"id": "a", "status": "done"}\n'

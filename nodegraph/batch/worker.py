@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -38,7 +38,7 @@ class JobOutcome(BaseModel):
     """What a worker sends back for one job (the driver turns it into a manifest line)."""
 
     id: str
-    status: str  # "done" | "failed"
+    status: Literal["done", "failed"]
     outputs: list[str] = Field(default_factory=list)
     seconds: float = 0.0
     worker: str
