@@ -176,3 +176,34 @@ def test_a_batch_never_starts_over_an_existing_manifest(tmp_path: Path) -> None:
     with pytest.raises(ManifestExists, match="--resume"):
         BatchRunner(BatchOptions(workflow=workflow, jobs=jobs, output_dir=out)).run()
     assert (out / "manifest.jsonl").read_text() == '{"id": "a", "status": "done"}\n'
+
+
+def test_ctrl_c_while_checking_a_long_file_stops_before_any_run(tmp_path: Path) -> None:
+    from nodegraph.batch.runner import BatchOptions, BatchRunner, BatchStop
+
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(json.dumps(TOY))
+    jobs = write_lines(tmp_path / "jobs.jsonl", [{"id": f"j{i}", "set": {"n.value": i % 5}} for i in range(5000)])
+    stop = BatchStop()
+    stop.request()  # as the CLI's SIGINT handler does
+    summary = BatchRunner(BatchOptions(workflow=workflow, jobs=jobs, output_dir=tmp_path / "out"), stop=stop).run()
+    assert summary.interrupted and summary.done == 0
+    assert not (tmp_path / "out").exists()  # nothing started: no Ray, no output folder, no manifest
+
+
+def test_batch_jobs_command_writes_a_job_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nodegraph.batch.cli import main
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "msk").mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / "img" / name).write_bytes(b"x")
+    (tmp_path / "msk" / "a.png").write_bytes(b"x")
+    out = tmp_path / "jobs.jsonl"
+    assert main(["batch-jobs", "--images", str(tmp_path / "img"), "--masks", str(tmp_path / "msk"),
+                 "--set", "sample.steps=30", "--set", "positive.prompt=a cat", "-o", str(out)]) == 0
+    jobs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert jobs == [{"id": "a", "set": {"image.path": str((tmp_path / "img" / "a.png").resolve()),
+                                        "mask.path": str((tmp_path / "msk" / "a.png").resolve()),
+                                        "sample.steps": 30, "positive.prompt": "a cat"}}]
+    assert "b.png" in capsys.readouterr().err

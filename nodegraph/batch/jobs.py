@@ -192,10 +192,16 @@ class JobCheck:
         return [self.bad[n] for n in sorted(self.bad)]
 
 
+class CheckStopped(Exception):
+    """``check_job_file`` was asked to stop (Ctrl-C while a long file was being checked)."""
+
+
 def check_job_file(planner: JobPlanner, path: str | os.PathLike[str],
-                   skip: Callable[[str], bool] | None = None) -> JobCheck:
+                   skip: Callable[[str], bool] | None = None,
+                   stop: Callable[[], bool] | None = None) -> JobCheck:
     """Read the whole file once, checking every job; keep only the problems (the first
-    ``MAX_REPORTED_ISSUES`` with their message, later ones by line only). ``skip(id)``: already done."""
+    ``MAX_REPORTED_ISSUES`` with their message, later ones by line only). ``skip(id)``: already done;
+    ``stop()`` is asked every thousand lines (raises CheckStopped)."""
     result = JobCheck()
     hashes = array("Q")
     bad_count = 0
@@ -209,6 +215,8 @@ def check_job_file(planner: JobPlanner, path: str | os.PathLike[str],
             result.bad.setdefault(issue.line, issue.model_copy(update={"message": "(not shown)"}))
 
     for line, text in iter_lines(path):
+        if stop is not None and line % 1000 == 0 and stop():
+            raise CheckStopped(f"stopped while checking line {line}")
         parsed = parse_job(line, text)
         if isinstance(parsed, JobIssue):
             add(parsed)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nodegraph.batch.jobs import (
+    CheckStopped,
     JobCheck,
     JobIssue,
     JobPlanner,
@@ -239,8 +240,14 @@ class BatchRunner:
             raise ManifestExists(f"{manifest_path} exists: pass --resume to continue that batch, "
                                  "or choose another --output-dir")
         recorded = read_manifest(manifest_path) if opts.resume else {}
-        check = check_job_file(planner, opts.jobs,
-                               lambda job_id: _skip(recorded.get(job_id), self.output_dir, opts.retry_failed))
+        try:
+            check = check_job_file(planner, opts.jobs,
+                                   lambda job_id: _skip(recorded.get(job_id), self.output_dir, opts.retry_failed),
+                                   self.stop.soft.is_set)
+        except CheckStopped:
+            self.summary.interrupted = True
+            self.summary.seconds = time.perf_counter() - start
+            return self.summary
         self.summary.issues = check.issues
         self.summary.jobs = check.jobs + check.count("unreadable")
         self.listener.checked(check)
