@@ -195,7 +195,6 @@ class Server:
         if self.journal.recovered:
             logger.warning("%d prompt(s) left running by the last server are pending again", self.journal.recovered)
         self.worker = Worker(self.journal, settings, self.registry, self.hub.send, previews=config.previews)
-        self._object_info: dict[str, Any] | None = None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[security_middleware(self.config)],
@@ -496,10 +495,8 @@ class Server:
 
     # ---- node definitions -------------------------------------------------------------------------
     async def _info(self) -> dict[str, Any]:
-        if self._object_info is not None:
-            return self._object_info
-        info: dict[str, Any] = await asyncio.to_thread(object_info, await self._registry())
-        self._object_info = info
+        """Built per request (tens of ms, off the loop): the file combos follow the folders' contents."""
+        info: dict[str, Any] = await asyncio.to_thread(object_info, await self._registry(), self.config.engine)
         return info
 
     async def get_object_info(self, request: web.Request) -> web.StreamResponse:

@@ -1,78 +1,50 @@
-"""``GET /object_info``: ComfyUI-shaped node definitions generated from the one node declaration.
+"""``GET /object_info``: ComfyUI-shaped node definitions, generated from the one node declaration.
 
-Native nodes come from their ``NodeSpec`` (inputs in declaration order, ranges and choices from the
-pydantic schema, categories under ``nodegraph/``). Mapped ComfyUI class_types come from
-``nodegraph.comfy_spec`` when it is installed: their inputs are ComfyUI's own, so a client that builds
-prompts from ``object_info`` builds prompts this server accepts.
+``nodegraph.comfy_spec`` builds the entries (mapped ComfyUI class_types with ComfyUI's own inputs, and
+every native node as ``nodegraph.<Name>``); the server supplies what only it knows: the file names its
+combos offer (checkpoints under the models directories, images under the input directory).
 """
 
 from __future__ import annotations
 
-import logging
+from pathlib import Path
 from typing import Any
 
-from nodegraph.node import InputSpec, NodeSpec, Registry
+from nodegraph.node import Registry
+from nodegraph.settings import EngineSettings
 
-from .translate import native_name
-
-logger = logging.getLogger(__name__)
-
-
-def input_entry(spec: InputSpec) -> list[Any]:
-    """``[TYPE, {options}]`` or ``[[choices], {options}]`` for one input."""
-    info = spec.describe()
-    options: dict[str, Any] = {}
-    tooltip = getattr(spec, "description", None) or info.get("description")
-    if not spec.required and spec.default is not None:
-        options["default"] = spec.default
-    if "choices" in info:
-        if tooltip:
-            options["tooltip"] = tooltip
-        return [list(info["choices"]), options]
-    socket = spec.socket or "*"
-    if socket in ("INT", "FLOAT"):
-        for ours, theirs in (("minimum", "min"), ("maximum", "max")):
-            if ours in info:
-                options[theirs] = info[ours]
-        if socket == "INT":
-            options["step"] = 1
-    if spec.is_link_only:
-        options.pop("default", None)
-    if tooltip:
-        options["tooltip"] = tooltip
-    return [socket, options]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+MAX_LISTED = 10_000  # a huge folder must not make every object_info request crawl
 
 
-def native_entry(spec: NodeSpec, registry: Registry) -> dict[str, Any]:
-    required = {n: input_entry(s) for n, s in spec.inputs.items() if s.required}
-    optional = {n: input_entry(s) for n, s in spec.inputs.items() if not s.required}
-    name = native_name(spec.name, registry)
-    first_line = spec.doc.split("\n\n")[0].replace("\n", " ") if spec.doc else ""
-    return {
-        "input": {"required": required, "optional": optional},
-        "input_order": {"required": list(required), "optional": list(optional)},
-        "output": list(spec.outputs.values()),
-        "output_is_list": [False] * len(spec.outputs),
-        "output_name": list(spec.outputs),
-        "name": name,
-        "display_name": spec.name,
-        "description": first_line,
-        "python_module": spec.fn.__module__,
-        "category": f"nodegraph/{spec.category}",
-        "output_node": spec.is_output,
-    }
+def _listing(root: Path, suffixes: set[str]) -> list[str]:
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.rglob("*"):
+        if path.suffix.lower() in suffixes and path.is_file():
+            found.append(path.relative_to(root).as_posix())
+            if len(found) >= MAX_LISTED:
+                break
+    return sorted(found)
 
 
-def object_info(registry: Registry) -> dict[str, dict[str, Any]]:
-    """Every node a prompt may name: mapped ComfyUI class_types (when described) and native nodes."""
-    out: dict[str, dict[str, Any]] = {}
-    try:
-        from nodegraph.comfy_spec import comfy_object_info  # type: ignore[import-not-found,unused-ignore]
+def server_files(settings: EngineSettings) -> dict[str, list[str]]:
+    """``{"checkpoints": [...], "input_images": [...]}`` for the combos of ``object_info``."""
+    checkpoints: list[str] = []
+    try:  # the built-in tiny models, when the SDXL node package is installed
+        from nodes.tiny import BUILTINS
+
+        checkpoints += [f"builtin:{name}" for name in BUILTINS]
     except ImportError:
-        logger.debug("nodegraph.comfy_spec is not installed: object_info lists native nodes only")
-    else:
-        out.update(comfy_object_info(registry))
-    for spec in registry.all().values():
-        entry = native_entry(spec, registry)
-        out[entry["name"]] = entry
-    return out
+        pass
+    for models in settings.models_dirs:  # ComfyUI's convention: <models>/checkpoints/*.safetensors
+        checkpoints += _listing(models / "checkpoints", {".safetensors"})
+    images = _listing(settings.input_dir, IMAGE_SUFFIXES) if settings.input_dir is not None else []
+    return {"checkpoints": checkpoints, "input_images": images}
+
+
+def object_info(registry: Registry, settings: EngineSettings) -> dict[str, dict[str, Any]]:
+    from nodegraph.comfy_spec import comfy_object_info
+
+    return comfy_object_info(registry, server_files(settings))
