@@ -663,4 +663,4 @@ def test_real_comfyui_client_from_pypi_drives_the_server(server):
     (data,) = images.values()
     assert data.startswith(b"\x89PNG")
     assert client.get_queue() == {"queue_running": [], "queue_pending": []}
-    assert "Sample" in client.get_object_info()
+    assert "nodegraph.Sample" in client.get_object_info()
