@@ -69,6 +69,8 @@ class Server:
              "--output-dir", str(root / "output"), "--cache-dir", str(root / "cache")],
             cwd=ROOT, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
         while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the server exited: see {self.log}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.1).close()
                 break
