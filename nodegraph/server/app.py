@@ -27,6 +27,7 @@ from nodegraph.errors import Issue, WorkflowError
 from nodegraph.node import REGISTRY, Registry
 from nodegraph.settings import EngineSettings
 
+from . import frontend, userdata
 from .files import FileAccessError, Folders, clean_upload_name, confined, mask_into_image, store_upload, verify_image
 from .journal import Journal, Row
 from .object_info import object_info
@@ -65,6 +66,7 @@ class ServerConfig:
     engine: EngineSettings = field(default_factory=EngineSettings)
     temp_dir: Path = Path("temp")
     journal: Path = Path("queue.sqlite")
+    user_dir: Path = Path("user")  # the editor's settings and saved workflows
 
     def check(self) -> None:
         """Refuse unsafe set-ups before binding: a non-loopback address without a token."""
@@ -194,11 +196,13 @@ class Server:
             ("GET", "/view", self.view), ("POST", "/upload/image", self.upload_image),
             ("POST", "/upload/mask", self.upload_mask),
             ("GET", "/system_stats", self.system_stats), ("GET", "/embeddings", self.empty_list),
-            ("GET", "/extensions", self.empty_list), ("GET", "/features", self.features),
+            ("GET", "/features", self.features),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
             app.router.add_route(method, "/api" + path, handler)
+        userdata.add_routes(app, self.config.user_dir)
+        frontend.add_routes(app, self.registry, self._info)  # last: its static files take what is left
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
