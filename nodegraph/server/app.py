@@ -411,11 +411,14 @@ class Server:
         def ms(t: float | None) -> int | None:
             return None if t is None else int(t * 1000)
 
-        outputs = [img for v in row.outputs.values() for img in v.get("images", [])]
+        outputs = [{**img, "nodeId": node, "mediaType": "images"}
+                   for node, v in row.outputs.items() for img in v.get("images", [])]
+        error = None if row.error is None else {**row.error, "node_id": row.error.get("node_id") or "",
+                                                 "node_type": row.error.get("node_type") or ""}
         return Job(id=row.prompt_id, status=self._JOB_STATUS[row.state], create_time=int(row.created * 1000),  # type: ignore[arg-type]
                    execution_start_time=ms(row.started), execution_end_time=ms(row.ended),
-                   outputs_count=len(outputs), preview_output=outputs[-1] if outputs else None,
-                   execution_error=row.error, priority=row.number)
+                   outputs_count=len(outputs), previewable_outputs_count=len(outputs),
+                   preview_output=outputs[-1] if outputs else None, execution_error=error, priority=row.number)
 
     async def get_jobs(self, request: web.Request) -> web.StreamResponse:
         wanted = [s for s in request.query.get("status", "").split(",") if s]
@@ -430,13 +433,17 @@ class Server:
         reply = JobList(jobs=[self._job(r) for r in window],
                         pagination=Pagination(offset=offset, limit=limit, total=len(rows),
                                               has_more=offset + len(window) < len(rows)))
-        return web.json_response(reply.model_dump(mode="json"))
+        return web.json_response(reply.model_dump(mode="json", exclude={"jobs": {"__all__": {"outputs", "workflow"}}}))
 
     async def get_job(self, request: web.Request) -> web.StreamResponse:
         row = self.journal.get(request.match_info["job_id"])
         if row is None:
             return web.json_response({"error": "no such job"}, status=404)
-        return web.json_response(self._job(row).model_dump(mode="json"))
+        pnginfo = row.extra_data.get("extra_pnginfo")
+        workflow = pnginfo.get("workflow") if isinstance(pnginfo, dict) else None
+        job = self._job(row).model_copy(update={"outputs": row.outputs,
+                                                "workflow": workflow if isinstance(workflow, dict) else None})
+        return web.json_response(job.model_dump(mode="json", exclude=set() if job.workflow else {"workflow"}))
 
     def _cancel(self, prompt_id: str) -> bool:
         return bool(self.journal.cancel_pending([prompt_id])) or self.worker.interrupt(prompt_id)

@@ -36,8 +36,13 @@ def input_entry(spec: InputSpec) -> list[Any]:
                 options[theirs] = info[ours]
         if socket == "INT":
             options["step"] = 1
+        if socket == "FLOAT":  # without these the editor rounds to its 0.5 default step
+            options.update(step=0.01, round=False)
     if spec.is_link_only:
         options.pop("default", None)
+    elif not spec.required and spec.default is None and socket in ("INT", "FLOAT", "STRING", "BOOLEAN"):
+        # "unset unless linked": as a widget the editor would always send 0 or "" in its place
+        options["forceInput"] = True
     if tooltip:
         options["tooltip"] = tooltip
     return [socket, options]

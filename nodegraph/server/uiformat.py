@@ -178,7 +178,7 @@ def prompt_to_ui(prompt: dict[str, Any], object_info: dict[str, Any]) -> dict[st
         "links": links,
         "groups": [],
         "config": {},
-        "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+        "extra": {},  # no saved view: the editor fits the graph to the window
         "version": 0.4,
     }
 
