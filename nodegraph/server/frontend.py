@@ -158,6 +158,10 @@ def add_routes(app: web.Application, registry: Registry, info: Callable[[], dict
         # no-cache: after an upgrade of the package the page must not keep pointing at old asset names
         return web.FileResponse(static / "index.html", headers={"Cache-Control": "no-cache"})
 
+    async def user_css(request: web.Request) -> web.StreamResponse:
+        # index.html links it; ComfyUI's user stylesheet lives under /api/userdata/user.css, this one is empty
+        return web.Response(text="", content_type="text/css")
+
     api: list[tuple[str, Any]] = [
         ("/extensions", extensions),
         ("/nodegraph/default_workflow", default_workflow),
@@ -174,6 +178,7 @@ def add_routes(app: web.Application, registry: Registry, info: Callable[[], dict
     app.router.add_get("/templates/{name}", template_file)
     app.router.add_get(EXTENSION_URL, extension_file)
     app.router.add_get("/", index)
+    app.router.add_get("/user.css", user_css)
     if static is not None:
         app.router.add_static("/", static, follow_symlinks=False, append_version=False)
         logger.info("editor: %s %s at /", FRONTEND_PACKAGE, frontend_version())

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 USER = "default"
 SETTINGS_FILE = "comfy.settings.json"
+USER_CSS = "user.css"
 MAX_USERDATA_BYTES = 64 * 1024 * 1024
 MAX_SETTINGS_BYTES = 4 * 1024 * 1024
 # Settings a user starts with: the first page load shows the default graph (nodegraph's inpainting
@@ -53,7 +54,8 @@ class UserStore:
 
     def __init__(self, user_dir: Path):
         self.root = (user_dir / USER).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        for folder in ("workflows", "subgraphs"):  # the page lists both at start-up
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
     # ---- settings --------------------------------------------------------------------------------
@@ -166,6 +168,8 @@ def add_routes(app: web.Application, user_dir: Path) -> None:
         except FileAccessError as exc:
             return _error(exc)
         if not path.is_file():
+            if path == store.root / USER_CSS:  # index.html always links it: an empty sheet until one is saved
+                return web.Response(text="", content_type="text/css")
             return web.json_response({"error": "no such file"}, status=404)
         return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
