@@ -49,6 +49,9 @@ def test_settings_and_saved_workflows_persist_across_a_restart(tmp_path: Path) -
     try:
         assert s.post("/api/settings", json={"Comfy.ColorPalette": "light", "Comfy.Locale": "en"}).status_code == 200
         assert s.post("/api/settings/Comfy.Sidebar.Size", json="small").status_code == 200
+        assert s.post("/api/settings/Comfy.Dropped", json=1).status_code == 200
+        assert s.post("/api/settings/Comfy.Dropped").status_code == 200  # no body: the page drops a setting
+        assert s.post("/api/settings/Comfy.Broken", content=b"{nope").status_code == 400
         workflow = {"nodes": [], "links": [], "version": 0.4, "extra": {"note": "ünïcode"}}
         r = s.post(userdata("workflows/inpaint/mine.json") + "?overwrite=true&full_info=true",
                    content=json.dumps(workflow).encode())
@@ -66,6 +69,7 @@ def test_settings_and_saved_workflows_persist_across_a_restart(tmp_path: Path) -
         settings = s.get("/api/settings").json()
         assert settings["Comfy.ColorPalette"] == "light" and settings["Comfy.Sidebar.Size"] == "small"
         assert s.get("/api/settings/Comfy.Locale").json() == "en"
+        assert "Comfy.Dropped" not in settings and "Comfy.Broken" not in settings
         files = s.get("/api/userdata?dir=workflows&recurse=true&split=false&full_info=true").json()
         assert [f["path"] for f in files] == ["kept.json"]
         assert s.get("/api/userdata?dir=workflows&recurse=true").json() == ["kept.json"]

@@ -60,21 +60,28 @@ class UserStore:
 
     # ---- settings --------------------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
-        path = self.root / SETTINGS_FILE
-        stored: dict[str, Any] = {}
+        """Stored settings over the defaults (an unreadable file counts as none)."""
+        return {**DEFAULT_SETTINGS, **self._stored()}
+
+    def _stored(self) -> dict[str, Any]:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            stored = data if isinstance(data, dict) else {}
-        except FileNotFoundError:
-            pass
-        except ValueError:
-            logger.warning("%s is not JSON; starting from the default settings", path)
-        return {**DEFAULT_SETTINGS, **stored}
+            data = json.loads((self.root / SETTINGS_FILE).read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write(self, settings: dict[str, Any]) -> None:
+        atomic_write_bytes(self.root / SETTINGS_FILE, json.dumps(settings, indent=1).encode())
 
     def update_settings(self, changes: dict[str, Any]) -> None:
         with self._lock:
-            merged = {**self.settings(), **changes}
-            atomic_write_bytes(self.root / SETTINGS_FILE, json.dumps(merged, indent=1).encode())
+            self._write({**self._stored(), **changes})
+
+    def remove_setting(self, setting_id: str) -> None:
+        with self._lock:
+            stored = self._stored()
+            if stored.pop(setting_id, None) is not None:
+                self._write(stored)
 
     # ---- files -----------------------------------------------------------------------------------
     def path(self, name: str) -> Path:
@@ -138,8 +145,12 @@ def add_routes(app: web.Application, user_dir: Path) -> None:
         return web.Response(status=200)
 
     async def post_setting(request: web.Request) -> web.StreamResponse:
+        body = await _read_limited(request, MAX_SETTINGS_BYTES)
+        if not body.strip():  # the page stores `undefined` (no body) to drop a setting it migrated
+            store.remove_setting(request.match_info["id"])
+            return web.Response(status=200)
         try:
-            value = json.loads(await _read_limited(request, MAX_SETTINGS_BYTES))
+            value = json.loads(body)
         except ValueError:
             return web.json_response({"error": "the body is not JSON"}, status=400)
         store.update_settings({request.match_info["id"]: value})
