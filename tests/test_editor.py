@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -36,9 +36,9 @@ DEFAULT_TITLES = {"checkpoint", "image", "mask", "positive", "negative", "encode
 GRAPH_READY = "() => window.app && window.app.graph && window.app.graph._nodes.length > 0"
 # Requests the page makes that fail for reasons that are not our API's:
 #  - other hosts (the frontend checks api.comfy.org for releases; this machine has no internet),
-#  - a 404 for the legacy templates file a new user does not have (ComfyUI answers 404 too; the page
-#    treats it as "no templates").
-EXPECTED_404 = {"/api/userdata/comfy.templates.json"}
+#  - 404s for optional user files the page probes and a new user does not have: the legacy templates file
+#    and the workflows folder's index (ComfyUI answers 404 too; the page treats it as "none").
+EXPECTED_404 = {"/api/userdata/comfy.templates.json", "/api/userdata/workflows/.index.json"}
 
 
 class PageLog:
@@ -59,12 +59,12 @@ class PageLog:
             return
         url = msg.location.get("url", "") if msg.location else ""
         if msg.text.startswith("Failed to load resource") and url:
-            if not self._ours(url) or urlsplit(url).path in EXPECTED_404:
+            if not self._ours(url) or unquote(urlsplit(url).path) in EXPECTED_404:
                 return
         self.errors.append(f"{msg.text[:500]} ({url})")
 
     def _response(self, response: Response) -> None:
-        if response.status >= 400 and self._ours(response.url) and urlsplit(response.url).path not in EXPECTED_404:
+        if response.status >= 400 and self._ours(response.url) and unquote(urlsplit(response.url).path) not in EXPECTED_404:
             self.errors.append(f"HTTP {response.status} {response.request.method} {response.url}")
 
 
@@ -96,6 +96,14 @@ def set_widget(page: Page, title: str, name: str, value: Any) -> None:
 def widget_values(page: Page, title: str) -> dict[str, Any]:
     return dict(page.evaluate("""(title) => app.graph._nodes.find(n => n.title === title).widgets
         .map(w => [w.name, w.value])""", title))
+
+
+def open_job_queue(page: Page) -> None:
+    """The queue and history panel (the "N active" button toggles it; the page may restore it open)."""
+    page.wait_for_timeout(500)
+    if not page.get_by_text("Job Queue", exact=True).first.is_visible():
+        page.locator("button:has-text('active')").first.click()
+    page.get_by_text("Job Queue", exact=True).first.wait_for(timeout=10_000)
 
 
 UPLOAD_WITH_MASK = """async () => {
@@ -208,7 +216,7 @@ def test_editor_end_to_end(served: Served, tmp_path: Path) -> None:
             total = page.evaluate("() => window.__progress.at(-1)[1]")
             # one event per step (12 steps at strength 0.99 run 11), in order, to the end
             assert total >= 10 and values == sorted(values) and values[-1] == total and len(values) >= total
-            page.locator("button:has-text('active')").first.click()
+            open_job_queue(page)
             output = page.locator("img[src*='filename=sdxl_inpaint_'][src*='type=output']").first
             output.wait_for(timeout=60_000)
             filename = urlsplit(output.get_attribute("src") or "").query
@@ -229,10 +237,13 @@ def test_editor_end_to_end(served: Served, tmp_path: Path) -> None:
             page.get_by_role("button", name="Workflows (w)").click()
             page.get_by_text("editor-e2e").first.wait_for(timeout=15_000)
             page.get_by_role("button", name="Workflows (w)").click()
-            page.locator("button:has-text('active')").first.click()
+            open_job_queue(page)
             page.locator("img[src*='filename=sdxl_inpaint_'][src*='type=output']").first.wait_for(timeout=30_000)
             shot(page, artifacts, "05-reloaded")
             assert log.errors == [], log.errors
+        except Exception:
+            shot(page, artifacts, "failed")  # the page as it was when the test failed
+            raise
         finally:
             browser.close()
     print(f"screenshots: {artifacts} (finished run: {finished})")
