@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -208,6 +209,8 @@ def test_editor_end_to_end(served: Served, tmp_path: Path) -> None:
                                    "'execution_start')", timeout=120_000)
             events = page.evaluate("() => window.__events")
             assert not [e for e in events if e[0] == "execution_error"] and log.errors == [], (events, log.errors)
+            # the queue button's panel shows the running node's progress bar
+            page.get_by_text(re.compile(r"Current node:.*[1-9]\d*%")).first.wait_for(timeout=30_000)
             shot(page, artifacts, "03-running")
             page.wait_for_function("() => window.__events.some(e => e[0] !== 'execution_start')", timeout=120_000)
             events = page.evaluate("() => window.__events")
