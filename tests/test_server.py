@@ -21,6 +21,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 websockets = pytest.importorskip("websockets")
 pytest.importorskip("aiohttp")
+from websockets.exceptions import InvalidStatus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 COMFY_PROMPT = json.loads((ROOT / "tests/comfy/inpaint_api.json").read_text())
@@ -36,7 +37,8 @@ def free_port() -> int:
 class Served:
     """One `nodegraph serve` process with its own folders; ``stop()`` sends SIGTERM like a service manager."""
 
-    def __init__(self, root: Path, models: Path | None, *extra: str, port: int | None = None):
+    def __init__(self, root: Path, models: Path | None, *extra: str, port: int | None = None,
+                 preload: tuple[str, ...] = ()):
         self.root = root
         self.port = port or free_port()
         self.input, self.output, self.cache = root / "input", root / "output", root / "cache"
@@ -49,9 +51,12 @@ class Served:
                 (self.input / name).write_bytes((ROOT / "workflows" / name).read_bytes())
         env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", NODEGRAPH_CACHE_DIR=str(self.cache))
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nodegraph", "serve", "--port", str(self.port), "--input-dir", str(self.input),
-             "--output-dir", str(self.output), "--cache-dir", str(self.cache), *extra],
+        args = ["serve", "--port", str(self.port), "--input-dir", str(self.input), "--output-dir", str(self.output),
+                "--cache-dir", str(self.cache), *extra]
+        # preload: extra node modules for this server (test nodes), imported before the CLI runs
+        command = [sys.executable, "-c", f"import {', '.join(preload)}; from nodegraph.cli import main; "
+                   f"raise SystemExit(main({args!r}))"] if preload else [sys.executable, "-m", "nodegraph", *args]
+        self.proc = subprocess.Popen(command,
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.ready_seconds = self._wait()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -356,33 +361,29 @@ def test_validation_error_has_comfyui_shape_lists_every_problem_and_queues_nothi
     assert r.status_code == 400 and r.json()["node_errors"] == {}
 
 
-def test_queue_delete_clear_and_history_delete(tmp_path, builtin_models_dir):
-    s = Served(tmp_path, builtin_models_dir)
-    try:
-        prompt = native_api_prompt()
-        prompt["sample"]["inputs"]["steps"] = 500
-        ids = [s.post("/prompt", json={"prompt": prompt, "number": n}).json()["prompt_id"] for n in range(3)]
-        time.sleep(0.3)
-        queue = s.get("/queue").json()
-        pending = [item[1] for item in queue["queue_pending"]]
-        assert set(pending) | {item[1] for item in queue["queue_running"]} == set(ids)
-        assert all(len(item) == 5 for item in queue["queue_pending"] + queue["queue_running"])
-        assert s.post("/queue", json={"delete": [pending[-1]]}).status_code == 200
-        assert pending[-1] not in [i[1] for i in s.get("/queue").json()["queue_pending"]]
-        assert s.post("/queue", json={"clear": True}).status_code == 200
-        assert s.get("/queue").json()["queue_pending"] == []
-        assert s.get(f"/jobs/{pending[-1]}").json()["status"] == "cancelled"
-        s.post("/interrupt", json={})
-        deadline = time.monotonic() + 60
-        while s.get("/prompt").json()["exec_info"]["queue_remaining"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-        history = s.get("/history").json()
-        assert len(history) == 1
-        (hid,) = history
-        assert s.post("/history", json={"delete": [hid]}).status_code == 200
-        assert s.get("/history").json() == {} and s.get(f"/history/{hid}").json() == {}
-    finally:
-        assert s.stop() == 0
+def test_queue_delete_clear_and_history_delete(server):
+    prompt = native_api_prompt()
+    prompt["sample"]["inputs"].update(steps=500, seed=4242)
+    ids = [server.post("/prompt", json={"prompt": prompt, "number": 1000 + n}).json()["prompt_id"] for n in range(3)]
+    queue = server.get("/queue").json()
+    listed = [item[1] for item in queue["queue_running"] + queue["queue_pending"]]
+    assert listed == ids and all(len(item) == 5 for item in queue["queue_running"] + queue["queue_pending"])
+    assert server.post("/queue", json={"delete": [ids[2]]}).status_code == 200
+    assert ids[2] not in [i[1] for i in server.get("/queue").json()["queue_pending"]]
+    assert server.post("/queue", json={"clear": True}).status_code == 200
+    assert server.get("/queue").json()["queue_pending"] == []
+    assert server.get(f"/jobs/{ids[2]}").json()["status"] == "cancelled"
+    deadline = time.monotonic() + 120
+    while not server.get("/queue").json()["queue_running"] and time.monotonic() < deadline:
+        time.sleep(0.1)  # ids[0] may still wait for the node packages to load
+    server.post("/interrupt", json={})
+    while server.get("/prompt").json()["exec_info"]["queue_remaining"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    history = server.get("/history").json()
+    assert ids[0] in history and ids[1] not in history and ids[2] not in history  # cancelled ones have no entry
+    assert history[ids[0]]["status"]["status_str"] == "error"  # ComfyUI reports an interrupt as an error
+    assert server.post("/history", json={"delete": [ids[0]]}).status_code == 200
+    assert ids[0] not in server.get("/history").json() and server.get(f"/history/{ids[0]}").json() == {}
 
 
 @pytest.mark.slow
@@ -439,7 +440,7 @@ def test_token_is_required_everywhere_when_set(tmp_path):
             async with websockets.connect(url) as conn:
                 return json.loads(await conn.recv())["type"]
 
-        with pytest.raises(websockets.exceptions.InvalidStatus):
+        with pytest.raises(InvalidStatus):
             asyncio.run(ws(s.ws_url))
         assert asyncio.run(ws(s.ws_url + "?token=s3cret")) == "status"
     finally:
@@ -450,12 +451,13 @@ def test_cross_origin_requests_are_refused_unless_allowed(tmp_path):
     s = Served(tmp_path, None, "--allow-origin", "http://trusted.example:3000")
     try:
         own = f"http://127.0.0.1:{s.port}"
-        body = {"prompt": {"1": {"class_type": "NoSuchNode", "inputs": {}}}}
+        body = {"clear": True}
         for origin in ("http://evil.example", "null", f"http://127.0.0.1:{s.port + 1}", f"https://127.0.0.1:{s.port}"):
-            assert s.post("/prompt", json=body, headers={"Origin": origin}).status_code == 403, origin
-        assert s.post("/prompt", json=body, headers={"Origin": own}).status_code == 400  # reached validation
-        assert s.post("/prompt", json=body).status_code == 400  # scripts send no Origin
-        assert s.post("/prompt", json=body, headers={"Origin": "http://trusted.example:3000"}).status_code == 400
+            assert s.post("/queue", json=body, headers={"Origin": origin}).status_code == 403, origin
+            assert s.post("/prompt", json={}, headers={"Origin": origin}).status_code == 403, origin
+        assert s.post("/queue", json=body, headers={"Origin": own}).status_code == 200
+        assert s.post("/queue", json=body).status_code == 200  # scripts send no Origin
+        assert s.post("/queue", json=body, headers={"Origin": "http://trusted.example:3000"}).status_code == 200
         files = {"image": ("x.png", (ROOT / "workflows/demo_mask.png").read_bytes(), "image/png")}
         assert s.post("/upload/image", files=files, headers={"Origin": "http://evil.example"}).status_code == 403
 
@@ -463,7 +465,7 @@ def test_cross_origin_requests_are_refused_unless_allowed(tmp_path):
             async with websockets.connect(s.ws_url, origin=origin) as conn:  # type: ignore[arg-type]
                 return json.loads(await conn.recv())["type"]
 
-        with pytest.raises(websockets.exceptions.InvalidStatus):
+        with pytest.raises(InvalidStatus):
             asyncio.run(ws("http://evil.example"))
         assert asyncio.run(ws(own)) == "status"
     finally:
@@ -580,6 +582,66 @@ def test_upload_mask_puts_the_painted_alpha_into_a_copy_of_the_original(server):
     r = server.post("/upload/mask", files={"image": ("m.png", painted.getvalue(), "image/png")},
                     data={"original_ref": bad})
     assert r.status_code == 400
+
+
+def _engine_has(parameter: str) -> bool:
+    import inspect
+
+    from nodegraph.executor import Engine
+
+    return parameter in inspect.signature(Engine.run).parameters
+
+
+@pytest.mark.skipif(not _engine_has("previews"), reason="needs the long-lived engine's previews (branch engine)")
+def test_previews_arrive_as_binary_frames_only_when_asked(tmp_path):
+    s = Served(tmp_path, None, preload=("tests.toy_nodes", "tests.test_server_nodes"))
+    try:
+        prompt = {"1": {"class_type": "PreviewSteps", "inputs": {"steps": 3}},
+                  "2": {"class_type": "Format", "inputs": {"n": ["1", 0]}},
+                  "3": {"class_type": "WriteText", "inputs": {"text": ["2", 0], "name": "p"}}}
+        pid, frames = run_prompt(s, {"prompt": prompt, "extra_data": {"preview_method": "auto"}}, "viewer")
+        previews = [f for f in frames if isinstance(f, bytes)]
+        assert previews, frames
+        for frame in previews:
+            assert frame[:8] == (1).to_bytes(4, "big") + (1).to_bytes(4, "big")  # PREVIEW_IMAGE, JPEG
+            assert frame[8:].startswith(b"\xff\xd8\xff\xe0preview")
+        # each preview follows a progress message of the same node
+        first = frames.index(previews[0])
+        assert frames[first - 1]["type"] == "progress" and frames[first - 1]["data"]["node"] == "1"
+        prompt["1"]["inputs"]["steps"] = 2  # not cached: a different run
+        pid, frames = run_prompt(s, {"prompt": prompt, "extra_data": {"preview_method": "none"}}, "viewer")
+        assert not any(isinstance(f, bytes) for f in frames)
+        prompt["1"]["inputs"]["steps"] = 4
+        pid, frames = run_prompt(s, {"prompt": prompt}, "viewer")  # no --previews flag: off by default
+        assert not any(isinstance(f, bytes) for f in frames)
+    finally:
+        s.stop()
+
+
+def _paths_have_roles() -> bool:
+    from nodegraph.node import REGISTRY
+    from nodegraph.types import file_role_of
+
+    spec = REGISTRY.get("LoadImage")
+    return spec is not None and file_role_of(spec.inputs["path"].annotation) is not None
+
+
+@pytest.mark.skipif(not (_engine_has("policy") and _paths_have_roles()),
+                    reason="needs the engine's PathPolicy and path-marked node inputs (branches engine, decl)")
+def test_prompt_paths_outside_the_input_and_output_dirs_are_refused(server, tmp_path):
+    outside = tmp_path / "outside.png"
+    outside.write_bytes((ROOT / "workflows/demo_image.png").read_bytes())
+    prompt = native_api_prompt()
+    prompt["image"]["inputs"]["path"] = str(outside)
+    prompt["mask"]["inputs"]["path"] = "../../outside.png"
+    prompt["save"]["inputs"]["prefix"] = str(tmp_path / "stolen")
+    r = server.post("/prompt", json={"prompt": prompt})
+    assert r.status_code == 400, r.text
+    errors = r.json()["node_errors"]
+    assert errors["image"]["errors"][0]["extra_info"]["input_name"] == "path"
+    assert errors["save"]["errors"][0]["extra_info"]["input_name"] == "prefix"
+    assert "mask" in errors
+    assert server.get("/queue").json()["queue_pending"] == []
 
 
 def test_preview_frame_is_comfyuis_binary_layout():

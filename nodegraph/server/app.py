@@ -45,6 +45,7 @@ from .protocol import (
     PromptRejected,
     PromptRequest,
     UploadReply,
+    json_depth,
 )
 from .queue import Worker, http_policy, new_prompt_id, status_message
 from .translate import comfy_id_of, graph_from_prompt, rejection
@@ -164,6 +165,11 @@ def _same_origin(origin: str, request: web.Request, allowed: set[str]) -> bool:
 
 
 # ---- the application -----------------------------------------------------------------------------
+class _Rejected(Exception):
+    def __init__(self, reply: PromptRejected):
+        self.reply = reply
+
+
 class Server:
     def __init__(self, config: ServerConfig, registry: Registry | None = None):
         self.config = config
@@ -211,6 +217,12 @@ class Server:
     async def _on_startup(self, app: web.Application) -> None:
         self.hub.loop = asyncio.get_running_loop()
         self.worker.start()
+
+    async def _registry(self) -> Registry:
+        """The registry once the worker has loaded the node packages (they import torch: seconds)."""
+        if not self.worker.registry_ready.is_set():
+            await asyncio.to_thread(self.worker.registry_ready.wait)
+        return self.registry
 
     async def _on_shutdown(self, app: web.Application) -> None:
         self.hub.close_all()
@@ -272,9 +284,7 @@ class Server:
         except (ValueError, RecursionError):
             raise web.HTTPBadRequest(text=json.dumps({"error": "the body is not valid JSON"}),
                                      content_type="application/json") from None
-        from nodegraph.graph import _depth
-
-        if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        if json_depth(data) > MAX_JSON_DEPTH:
             raise web.HTTPBadRequest(text=json.dumps({"error": f"JSON nested deeper than {MAX_JSON_DEPTH}"}),
                                      content_type="application/json")
         return data
@@ -290,6 +300,30 @@ class Server:
 
     async def post_prompt(self, request: web.Request) -> web.StreamResponse:
         body: PromptRequest = self._parse(PromptRequest, await self._json_body(request))
+        await self._registry()
+        try:  # validation may read files (fingerprints, image headers): off the event loop
+            prompt, graph, targets = await asyncio.to_thread(self._check_prompt, body)
+        except _Rejected as rejected:
+            return web.json_response(rejected.reply.model_dump(mode="json"), status=400)
+        prompt_id = body.prompt_id or new_prompt_id()
+        if self.journal.get(prompt_id) is not None:
+            return web.json_response({"error": {"type": "duplicate_prompt_id", "message": "prompt_id already used",
+                                                "details": prompt_id, "extra_info": {}}, "node_errors": {}},
+                                     status=400)
+        number = body.number if body.number is not None else self.journal.next_number()
+        if body.front:
+            number = -abs(number)
+        extra = dict(body.extra_data)
+        if body.client_id is not None:
+            extra["client_id"] = body.client_id  # where ComfyUI keeps it in queue items
+        self.journal.add(prompt_id, number, body.client_id, prompt, extra, targets or [], graph.to_dict())
+        logger.info("prompt %s queued (%d nodes, client %s)", prompt_id, len(graph.nodes), body.client_id or "-")
+        self.worker.wake()
+        self._status()
+        return web.json_response(PromptAccepted(prompt_id=prompt_id, number=number).model_dump())
+
+    def _check_prompt(self, body: PromptRequest) -> tuple[dict[str, Any], Any, list[str] | None]:
+        """(the prompt in API shape, our graph, our output ids to run) or ``_Rejected`` with every problem."""
         prompt = body.prompt
         metadata: dict[str, Any] = {}
         try:
@@ -308,21 +342,8 @@ class Server:
             targets = self._targets(body.partial_execution_targets, prompt, graph)
             self._validate(graph, targets)
         except WorkflowError as err:
-            reply: PromptRejected = rejection(err.issues, prompt, metadata)
-            return web.json_response(reply.model_dump(mode="json"), status=400)
-        prompt_id = body.prompt_id or new_prompt_id()
-        if self.journal.get(prompt_id) is not None:
-            return web.json_response({"error": {"type": "duplicate_prompt_id", "message": "prompt_id already used",
-                                                "details": prompt_id, "extra_info": {}}, "node_errors": {}},
-                                     status=400)
-        number = body.number if body.number is not None else self.journal.next_number()
-        if body.front:
-            number = -abs(number)
-        self.journal.add(prompt_id, number, body.client_id, prompt, body.extra_data, targets or [], graph.to_dict())
-        logger.info("prompt %s queued (%d nodes, client %s)", prompt_id, len(graph.nodes), body.client_id or "-")
-        self.worker.wake()
-        self._status()
-        return web.json_response(PromptAccepted(prompt_id=prompt_id, number=number).model_dump())
+            raise _Rejected(rejection(err.issues, prompt, metadata)) from None
+        return prompt, graph, targets
 
     def _targets(self, requested: list[str] | None, prompt: dict[str, Any], graph: Any) -> list[str] | None:
         """Our output node ids for ComfyUI's ``partial_execution_targets`` (prompt ids); None = all."""
@@ -342,13 +363,8 @@ class Server:
 
     def _validate(self, graph: Any, targets: list[str] | None) -> None:
         """Full validation, HTTP path policy included, before anything is journaled."""
-        try:
-            from nodegraph.validation import validate  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:  # before the engine branch: validation without a path policy
-            from nodegraph.graph import validate as legacy_validate
+        from nodegraph.validation import validate
 
-            legacy_validate(graph, targets)
-            return
         validate(graph, targets, policy=http_policy(self.config.engine))
 
     async def get_prompt(self, request: web.Request) -> web.StreamResponse:
@@ -470,17 +486,19 @@ class Server:
         return web.Response(status=200)
 
     # ---- node definitions -------------------------------------------------------------------------
-    def _info(self) -> dict[str, Any]:
-        if self._object_info is None:
-            self._object_info = object_info(self.registry)
-        return self._object_info
+    async def _info(self) -> dict[str, Any]:
+        if self._object_info is not None:
+            return self._object_info
+        info: dict[str, Any] = await asyncio.to_thread(object_info, await self._registry())
+        self._object_info = info
+        return info
 
     async def get_object_info(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response(self._info())
+        return web.json_response(await self._info())
 
     async def get_object_info_one(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["node_class"]
-        info = self._info()
+        info = await self._info()
         return web.json_response({name: info[name]} if name in info else {})
 
     # ---- files ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,15 +34,19 @@ def add_serve_command(sub: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
+    try:
+        from aiohttp import web
+    except ImportError:
+        print("error: the server needs aiohttp: pip install 'nodegraph[server]'", file=sys.stderr)
+        return 2
 
     from nodegraph.cache import parse_size
     from nodegraph.settings import EngineSettings
 
     from .app import Server, ServerConfig
 
-    overrides: dict[str, Any] = {"output_dir": Path(args.output_dir).resolve(),
-                                 "input_dir": Path(args.input_dir).resolve()}
+    input_dir = Path(args.input_dir).resolve()
+    overrides: dict[str, Any] = {"output_dir": Path(args.output_dir).resolve(), "input_dir": input_dir}
     if args.cache_dir:
         cache = Path(args.cache_dir).expanduser().resolve()
         overrides.update(cache_dir=cache, state_dir=cache)
@@ -66,11 +71,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     server = Server(config)
+    # Every path the server itself uses is absolute by now. A relative path in a prompt means a file in the
+    # input directory: the validation's PathPolicy resolves it so for inputs marked as paths, and the working
+    # directory makes it so for any node input that opens a file without such a marker.
+    os.chdir(input_dir)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"nodegraph serving ComfyUI's API on http://{host}:{args.port} (output {settings.output_dir}, "
           f"input {settings.input_dir})", file=sys.stderr, flush=True)
     # run_app turns SIGINT and SIGTERM into a graceful shutdown: the worker interrupts the running prompt
     # (which goes back to pending) and the journal keeps the queue.
-    web.run_app(server.app(), host=args.host, port=args.port, print=None, shutdown_timeout=5.0,
+    web.run_app(server.app(), host=args.host, port=args.port, print=None, shutdown_timeout=1.0,
                 access_log=None, handle_signals=True)
     return 0

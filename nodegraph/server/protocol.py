@@ -178,23 +178,23 @@ class ExecutionSuccess(BaseModel):
 
 class ExecutionError(BaseModel):
     prompt_id: str
-    timestamp: int
     node_id: str | None
     node_type: str | None
     executed: list[str]
     exception_message: str
     exception_type: str
-    traceback: list[str] = Field(default_factory=list)  # never sent: tracebacks name server paths
+    traceback: list[str] = Field(default_factory=list)  # kept empty: tracebacks name server paths
     current_inputs: dict[str, Any] = Field(default_factory=dict)
-    current_outputs: dict[str, Any] = Field(default_factory=dict)
+    current_outputs: list[str] = Field(default_factory=list)
+    timestamp: int  # last, as ComfyUI appends it
 
 
 class ExecutionInterrupted(BaseModel):
     prompt_id: str
-    timestamp: int
     node_id: str | None
     node_type: str | None
     executed: list[str]
+    timestamp: int
 
 
 MessageData = (StatusData | ExecutionStart | ExecutionCached | Executing | ProgressData | Executed
@@ -214,3 +214,15 @@ def message(kind: str, data: BaseModel | dict[str, Any]) -> str:
 def preview_frame(image_format: str, data: bytes) -> bytes:
     """ComfyUI's binary preview: big-endian event type 1, big-endian image format (1 JPEG, 2 PNG), bytes."""
     return struct.pack(">II", PREVIEW_IMAGE, IMAGE_FORMATS[image_format]) + data
+
+
+def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """Nesting depth of a parsed request body, stopping once past ``limit`` (iterative: no recursion)."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack and deepest <= limit:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((v, depth + 1) for v in children)
+    return deepest

@@ -6,9 +6,7 @@ reports progress. The HTTP side only journals prompts and wakes the worker, so i
 
 from __future__ import annotations
 
-import inspect
 import logging
-import os
 import threading
 import time
 import uuid
@@ -30,7 +28,6 @@ from nodegraph.events import (
     RunFailed,
     RunFinished,
     RunInterrupted,
-    RunListener,
     RunStarted,
 )
 from nodegraph.node import Registry
@@ -57,7 +54,7 @@ from .protocol import (
 from .translate import comfy_id_of
 
 if TYPE_CHECKING:
-    from nodegraph.executor import Engine, RunResult
+    from nodegraph.executor import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -113,10 +110,13 @@ class PromptListener:
             return str(entry["class_type"])
         return self._node_types.get(node_id or "")
 
-    def _emit(self, kind: str, data: Any, record: bool = False) -> None:
+    def _emit(self, kind: str, data: Any, record: bool = False, everyone: bool = False) -> None:
         if record:
             self.messages.append([kind, data.model_dump(mode="json")])
-        self._send(self.row.client_id, message(kind, data))
+            if self.row.client_id is None and not everyone:
+                return  # as in ComfyUI: a prompt without a client id gets its run messages in /history only
+        # (node messages of a prompt without a client id go to everyone, as in ComfyUI)
+        self._send(None if everyone else self.row.client_id, message(kind, data))
 
     def _mark_executed(self, cid: str | None) -> None:
         if cid is not None and cid not in self.executed:
@@ -170,7 +170,7 @@ class PromptListener:
             self._emit("execution_interrupted", ExecutionInterrupted(
                 prompt_id=pid, timestamp=now_ms(), node_id=self.cid(event.node_id),
                 node_type=self.class_type(event.node_id) or event.node_type, executed=list(self.executed)),
-                record=True)
+                record=True, everyone=True)  # ComfyUI broadcasts interrupts
 
     def fail(self, error: RunError) -> None:
         self.state = "error"
@@ -199,11 +199,8 @@ class Worker:
         self._free: set[str] = set()
         self._cancel: CancelToken | None = None
         self.current: str | None = None
+        self.registry_ready = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nodegraph-worker", daemon=True)
-        if settings.input_dir is not None and not _engine_has_settings():
-            # The current engine has no PathPolicy.base_dir: relative reads (at validation and at run time)
-            # resolve against the working directory, which is therefore the input directory.
-            os.chdir(settings.input_dir)
 
     # ---- called from the HTTP side ---------------------------------------------------------------
     def start(self) -> None:
@@ -220,7 +217,8 @@ class Worker:
             if self._cancel is not None:
                 self._cancel.cancel()
             self._wake.notify_all()
-        self._thread.join(timeout)
+        if self.registry_ready.is_set():  # an import in progress cannot be interrupted; the thread is a daemon
+            self._thread.join(timeout)
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
         with self._wake:
@@ -249,6 +247,12 @@ class Worker:
         return self._engine
 
     def _loop(self) -> None:
+        # Node packages import torch and diffusers (seconds): loaded here, after the socket listens, and
+        # before any prompt (also one journaled by an earlier run) is translated or run.
+        try:
+            self.registry.load_entry_points()
+        finally:
+            self.registry_ready.set()
         while True:
             with self._wake:
                 self._apply_free()
@@ -265,11 +269,11 @@ class Worker:
             except Exception:  # a bug here must not kill the queue: record it and go on
                 logger.exception("prompt %s: unexpected server error", row.prompt_id)
                 self.journal.finish(row.prompt_id, "error", {}, [], {"exception_message": "internal server error"})
+                self._send(None, status_message(self.journal.count_pending()))
             finally:
                 with self._wake:
                     self.current = None
                     self._cancel = None
-                self._send(None, status_message(self.queue_remaining()))
 
     def _apply_free(self) -> None:
         if not self._free or self._engine is None:
@@ -279,7 +283,9 @@ class Worker:
         if "models" in self._free:
             engine.resources.clear()
         if "memory" in self._free:
-            engine.memory.clear()
+            clear = getattr(engine.memory, "clear", None)  # a Store may be shared (batch): clear only if it can
+            if callable(clear):
+                clear()
         self._free.clear()
         try:
             import gc
@@ -296,18 +302,18 @@ class Worker:
         from nodegraph.workflow import graph_from_data
 
         t0 = time.perf_counter()
+        loaded = "nothing"
         self._send(None, status_message(self.queue_remaining()))
         graph = graph_from_data(row.graph, self.registry)
         types = {n: inst.type for n, inst in graph.nodes.items()}
         listener = PromptListener(row, self._send, self.settings.output_dir, types,
                                   wants_previews(row.extra_data, self._previews), graph.metadata)
         try:
-            result = run_engine(self.engine, graph, listener=listener, cancel=cancel,
-                                previews=self._preview_settings if listener.previews else None,
-                                policy=http_policy(self.settings), run_id=row.prompt_id,
-                                outputs=row.targets or None, workflow_json=workflow_json(row),
-                                output_dir=self.settings.output_dir)
-            del result
+            result = self.engine.run(graph, outputs=row.targets or None, listener=listener, cancel=cancel,
+                                     raise_on_error=False, workflow_json=workflow_json(row),
+                                     previews=self._preview_settings if listener.previews else None,
+                                     policy=http_policy(self.settings), run_id=row.prompt_id)
+            loaded = ", ".join(result.loaded) or "nothing"
         except WorkflowError as err:  # the files changed since the prompt was accepted
             listener.fail(RunError(None, None, "WorkflowError", str(err)))
         if listener.state == "interrupted" and self._stopping:
@@ -315,10 +321,14 @@ class Worker:
             logger.info("prompt %s interrupted by shutdown; back in the queue", row.prompt_id)
         else:
             self.journal.finish(row.prompt_id, listener.state, listener.outputs, listener.messages, listener.error)
-            logger.info("prompt %s %s in %.2fs (%d images)", row.prompt_id, listener.state,
-                        time.perf_counter() - t0, sum(len(v.get("images", [])) for v in listener.outputs.values()))
-        # The history row exists before the "done" message: clients fetch /history the moment they see it.
-        self._send(row.client_id, message("executing", Executing(node=None, prompt_id=row.prompt_id)))
+            logger.info("prompt %s %s in %.2fs (%d images; loaded: %s)", row.prompt_id, listener.state,
+                        time.perf_counter() - t0, sum(len(v.get("images", [])) for v in listener.outputs.values()),
+                        loaded)
+        # As in ComfyUI: the queue status (this prompt no longer counted), then the "done" message, which comes
+        # after the history row exists: clients fetch /history the moment they see it.
+        self._send(None, status_message(self.journal.count_pending()))
+        if row.client_id is not None:
+            self._send(row.client_id, message("executing", Executing(node=None, prompt_id=row.prompt_id)))
 
 
 def workflow_json(row: Row) -> str:
@@ -330,78 +340,10 @@ def workflow_json(row: Row) -> str:
 
 
 # ---- the engine --------------------------------------------------------------------------------------
-# The long-lived Engine API (settings, typed events, policy) is being merged from the `engine` branch; until
-# then the current Engine is driven through a small adapter that produces the same typed events.
-def _engine_has_settings() -> bool:
-    from nodegraph.executor import Engine
-
-    return "settings" in inspect.signature(Engine.__init__).parameters
-
-
 def make_engine(settings: EngineSettings, registry: Registry) -> Engine:
     from nodegraph.executor import Engine
 
-    if _engine_has_settings():
-        return Engine(settings, registry=registry)  # type: ignore[call-arg,arg-type,unused-ignore]
-    from nodegraph.cache import DiskCache
-
-    if settings.state_dir or settings.cache_dir:  # the current engine finds built-in models through it
-        os.environ["NODEGRAPH_CACHE_DIR"] = str(settings.state_dir or settings.cache_dir)
-    disk = DiskCache(settings.cache_dir, settings.disk_cache_bytes) if settings.cache_dir else None
-    return Engine(registry=registry, memory_bytes=settings.memory_cache_bytes, disk=disk)
-
-
-def run_engine(engine: Engine, graph: Any, *, listener: RunListener, cancel: CancelToken,
-               previews: PreviewSettings | None, policy: PathPolicy, run_id: str, outputs: list[str] | None,
-               workflow_json: str, output_dir: Path) -> RunResult:
-    if "policy" in inspect.signature(engine.run).parameters:
-        return engine.run(graph, outputs=outputs, listener=listener, cancel=cancel,  # type: ignore[call-arg,unused-ignore]
-                          raise_on_error=False, workflow_json=workflow_json, previews=previews, policy=policy,
-                          run_id=run_id)
-    return _run_legacy(engine, graph, listener, cancel, run_id, outputs, workflow_json, output_dir)
-
-
-class _LegacyAdapter:
-    def __init__(self, listener: RunListener, types: dict[str, str], output_types: set[str]):
-        self._listener = listener
-        self._types = types
-        self._outputs = output_types
-        self.last: str | None = None
-
-    def node_started(self, node_id: str, node_type: str) -> None:
-        self.last = node_id
-        self._listener.on_event(NodeStarted(node_id, node_type))
-
-    def node_progress(self, node_id: str, done: int, total: int) -> None:
-        self._listener.on_event(NodeProgress(node_id, done, total))
-
-    def node_finished(self, node_id: str, status: str) -> None:
-        if node_id in self._outputs and status == "executed":
-            return  # announced after the run, when its files are known
-        self._listener.on_event(NodeFinished(node_id, self._types[node_id], NodeStatus(status), 0.0))
-
-
-def _run_legacy(engine: Any, graph: Any, listener: RunListener, cancel: CancelToken, run_id: str,
-                outputs: list[str] | None, workflow_json: str, output_dir: Path) -> RunResult:
-    types = {n: inst.type for n, inst in graph.nodes.items()}
-    output_types = {n for n, t in types.items() if (s := graph.registry.get(t)) is not None and s.is_output}
-    adapter = _LegacyAdapter(listener, types, output_types)
-    listener.on_event(RunStarted(run_id, (), ()))
-    result: RunResult = engine.run(graph, outputs=outputs, output_dir=output_dir, listener=adapter, cancel=cancel,
-                                   raise_on_error=False, workflow_json=workflow_json)
-    for node_id, files in result.outputs.items():
-        listener.on_event(NodeFinished(node_id, types[node_id], NodeStatus.EXECUTED, 0.0, tuple(files)))
-    err = result.error or {}
-    if result.ok:
-        listener.on_event(RunFinished(run_id, result.seconds))
-    elif result.interrupted:
-        listener.on_event(RunInterrupted(run_id, result.seconds, err.get("node") or adapter.last,
-                                         err.get("type") or types.get(adapter.last or "")))
-    else:
-        listener.on_event(RunFailed(run_id, result.seconds, RunError(err.get("node"), err.get("type"),
-                                                                     str(err.get("exception")),
-                                                                     str(err.get("message")))))
-    return result
+    return Engine(settings, registry=registry)
 
 
 def new_prompt_id() -> str:
