@@ -165,7 +165,7 @@ def _rgba_png(size: tuple[int, int], alpha_hole: tuple[int, int, int, int] | Non
     return buf.getvalue()
 
 
-def test_mask_editor_upload_gives_mask_one_where_painted(served: Served) -> None:
+def test_mask_editor_upload_gives_mask_one_where_painted(served: Served, tmp_path: Path) -> None:
     """The mask editor uploads the painted mask as a PNG whose alpha is 0 where the user painted; the
     server copies that alpha into the original image, and LoadImage's MASK is 1 - alpha: 1 = repaint."""
     from PIL import Image
@@ -184,12 +184,14 @@ def test_mask_editor_upload_gives_mask_one_where_painted(served: Served) -> None
     with Image.open(stored) as img:
         assert img.mode == "RGBA" and img.getpixel((0, 0))[:3] == (10, 120, 200)  # the original's colours
 
-    from nodegraph.node import REGISTRY
+    from nodegraph import Graph
+    from nodegraph.executor import Engine
 
-    REGISTRY.load_entry_points()
-    load_image = REGISTRY.get("LoadImage")
-    assert load_image is not None
-    image, mask = load_image.fn(path=str(stored))
+    graph = Graph()
+    loaded = graph.add("LoadImage", id="image", path=str(stored))
+    graph.add("SaveImage", image=loaded.image)
+    result = Engine().run(graph, output_dir=tmp_path)
+    image, mask = result["image"]["image"], result["image"]["mask"]
     assert tuple(image.shape) == (1, 48, 64, 3) and tuple(mask.shape) == (1, 48, 64)
     assert mask[0, 8:24, 16:40].min().item() == 1.0  # painted: repaint
     assert mask.sum().item() == 24 * 16  # and nothing else

@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -85,16 +85,17 @@ def _read_workflow(name: str) -> dict[str, Any]:
 class Templates:
     """Our example workflows in the editor's UI format, made once per server from ``object_info``."""
 
-    def __init__(self, registry: Registry, info: Callable[[], dict[str, Any]]):
+    def __init__(self, registry: Registry, info: Callable[[], Awaitable[dict[str, Any]]]):
         self._registry = registry
         self._info = info
         self._ui: dict[str, dict[str, Any]] = {}
 
-    def ui(self, name: str) -> dict[str, Any] | None:
+    async def ui(self, name: str) -> dict[str, Any] | None:
         if name not in template_names():
             return None
         if name not in self._ui:
-            graph = workflow_to_ui(_read_workflow(name), self._registry, self._info())
+            info = await self._info()  # also waits for the node packages to be registered
+            graph = workflow_to_ui(_read_workflow(name), self._registry, info)
             graph["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"nodegraph:workflows/{name}"))
             self._ui[name] = graph
         return self._ui[name]
@@ -111,7 +112,7 @@ class Templates:
                  "templates": templates}]
 
 
-def add_routes(app: web.Application, registry: Registry, info: Callable[[], dict[str, Any]]) -> None:
+def add_routes(app: web.Application, registry: Registry, info: Callable[[], Awaitable[dict[str, Any]]]) -> None:
     """Register the editor's routes; call it after the API routes (the static files take what is left)."""
     templates = Templates(registry, info)
     static = frontend_dir()
@@ -124,7 +125,7 @@ def add_routes(app: web.Application, registry: Registry, info: Callable[[], dict
             return web.json_response(templates.index())
         stem, dot, ext = name.rpartition(".")
         if ext == "json":
-            graph = templates.ui(stem)
+            graph = await templates.ui(stem)
             if graph is not None:
                 return web.json_response(graph)
         thumb = re.fullmatch(r"(.+)-\d+\.png", name)
@@ -133,7 +134,7 @@ def add_routes(app: web.Application, registry: Registry, info: Callable[[], dict
         return web.json_response({"error": "no such template"}, status=404)
 
     async def default_workflow(request: web.Request) -> web.StreamResponse:
-        graph = templates.ui(DEFAULT_TEMPLATE)
+        graph = await templates.ui(DEFAULT_TEMPLATE)
         if graph is None:
             return web.json_response({"error": "no default workflow in this installation"}, status=404)
         return web.json_response(graph)
