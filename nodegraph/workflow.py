@@ -162,6 +162,20 @@ def _decode_input(value: Any, node_id: str, name: str, issues: list[Issue]) -> A
     return value
 
 
+def apply_override(graph: Graph, target: str, value: Any) -> None:
+    """Set ``NODE.INPUT`` to a JSON value, as written in a workflow file: ``["node", "output"]`` links,
+    ``{"value": ...}`` escapes. One code path for ``nodegraph run --set`` and batch jobs."""
+    node_id, dot, input_name = target.rpartition(".")
+    if not dot or not node_id or not input_name:
+        raise WorkflowError([Issue(kind="invalid_value", found=target,
+                                   message=f"override {target!r}: name the input as NODE.INPUT")])
+    issues: list[Issue] = []
+    decoded = _decode_input(value, node_id, input_name, issues)
+    if issues:
+        raise WorkflowError(issues)
+    graph.set_input(node_id, input_name, decoded)
+
+
 def graph_from_data(data: Any, registry: Registry | None = None, source: str = "<workflow>") -> Graph:
     """Build a Graph from a parsed JSON document in either supported format."""
     registry = registry or REGISTRY
