@@ -228,7 +228,9 @@ def test_editor_end_to_end(served: Served, tmp_path: Path) -> None:
             outputs = sorted(served.output.glob("sdxl_inpaint_*.png"))
             assert len(outputs) == 1 and outputs[0].name in filename
             with Image.open(outputs[0]) as result:
-                assert result.size == tuple(size) and "nodegraph_workflow" in result.text
+                assert result.size == tuple(size)
+                native = json.loads(result.text["nodegraph_workflow"])  # `nodegraph run` reruns the PNG
+            assert native["version"] == 1 and native["nodes"]["8"]["inputs"]["steps"] == 12
             assert log.errors == [], log.errors
 
             # 6. reload: the saved workflow and the history are still there
