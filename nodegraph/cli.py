@@ -253,6 +253,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from nodegraph.comfy_ui import convert_workflow
+    from nodegraph.workflow import read_workflow_data
+
+    converted = convert_workflow(read_workflow_data(args.file), args.to, REGISTRY, args.file)
+    text = json.dumps(converted, indent=2) + "\n"
+    if args.output:
+        atomic_write_bytes(args.output, text.encode())
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 def cmd_nodes(args: argparse.Namespace) -> int:
     specs = REGISTRY.all()
     if args.json:
@@ -325,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("convert", help="print a workflow (native, ComfyUI UI or API format, PNG) converted")
+    p.add_argument("file")
+    p.add_argument("--to", choices=["native", "api"], default="native",
+                   help="native v1 (default) or ComfyUI API format")
+    p.add_argument("-o", "--output", metavar="OUT", help="write here instead of printing")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("nodes", help="list node types with inputs, outputs and docs")
     p.add_argument("--json", action="store_true")
