@@ -208,3 +208,35 @@ def test_png_text_carries_prompt_and_editor_workflow() -> None:
     assert json.loads(chunks["other"]) == [1] and list(chunks)[:2] == ["prompt", "workflow"]
     assert png_text(prompt, {}) == {"prompt": json.dumps(prompt)}
     assert "nodegraph_workflow" not in png_text(prompt, {"extra_pnginfo": {"nodegraph_workflow": "spoof"}})
+
+
+def test_comfyui_prompt_converts_to_the_editor_format() -> None:
+    """An API prompt of ComfyUI class_types -> UI format, positional widgets as ComfyUI's editor writes them,
+    and back through the comfyui importer to the same prompt."""
+    from nodegraph.node import REGISTRY
+    from nodegraph.server.object_info import object_info
+    from nodegraph.server.uiformat import prompt_to_ui
+
+    REGISTRY.load_entry_points()
+    info = object_info(REGISTRY)
+    if "KSampler" not in info:
+        pytest.skip("ComfyUI's class_types are not described here (nodegraph.comfy_spec)")
+    prompt = json.loads((ROOT / "tests/comfy/inpaint_api.json").read_text())
+    ui = prompt_to_ui(prompt, info)
+    by_type = {n["type"]: n for n in ui["nodes"]}
+    assert by_type["KSampler"]["widgets_values"] == [42, "fixed", 4, 7.5, "euler", "normal", 1.0]
+    assert by_type["LoadImage"]["widgets_values"] == ["workflows/demo_image_alpha.png", "image"]
+    linked = sum(isinstance(v, list) for e in prompt.values() for v in e["inputs"].values())
+    assert len(ui["links"]) == linked
+    from nodegraph.comfy_ui import ui_to_api
+
+    back = ui_to_api(ui, REGISTRY)
+    ids = {str(n["id"]): k for k, n in zip(prompt, ui["nodes"], strict=True)}
+    for node_id, entry in back.items():
+        original = prompt[ids[node_id]]
+        assert entry["class_type"] == original["class_type"]
+        for name, value in original["inputs"].items():
+            if name == "upload":
+                continue
+            got = entry["inputs"][name]
+            assert (got == value) if not isinstance(value, list) else [ids[str(got[0])], got[1]] == value, name

@@ -138,7 +138,7 @@ def prompt_to_ui(prompt: dict[str, Any], object_info: dict[str, Any]) -> dict[st
                     widgets.append("image")  # LoadImage's upload button
             else:
                 inputs.append({"name": name, "type": _kind(spec), "link": None})
-            if linked:
+            if linked and isinstance(value, list):
                 link_id = len(links) + 1
                 source, slot = str(value[0]), int(value[1])
                 source_info = object_info.get(prompt[source]["class_type"], {})
