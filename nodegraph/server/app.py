@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,17 @@ from nodegraph.node import REGISTRY, Registry
 from nodegraph.settings import EngineSettings
 
 from . import frontend, userdata
-from .files import FileAccessError, Folders, clean_upload_name, confined, mask_into_image, store_upload, verify_image
+from .files import (
+    FileAccessError,
+    Folders,
+    clean_upload_name,
+    confined,
+    mask_into_image,
+    served_content_type,
+    store_upload,
+    verify_image,
+    view_variant,
+)
 from .journal import Journal, Row
 from .object_info import object_info
 from .protocol import (
@@ -54,6 +65,7 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+MAX_PENDING_FRAMES = 10_000
 
 
 @dataclass(frozen=True)
@@ -97,7 +109,8 @@ class Hub:
         targets = self._clients.values() if client_id is None else [self._clients.get(client_id, set())]
         for queues in targets:
             for q in queues:
-                q.put_nowait(frame)
+                if q.qsize() < MAX_PENDING_FRAMES:  # a client that stopped reading loses frames, not our memory
+                    q.put_nowait(frame)
 
     def add(self, client_id: str) -> asyncio.Queue[str | bytes | None]:
         q: asyncio.Queue[str | bytes | None] = asyncio.Queue()
@@ -310,13 +323,20 @@ class Server:
             return web.json_response({"error": {"type": "duplicate_prompt_id", "message": "prompt_id already used",
                                                 "details": prompt_id, "extra_info": {}}, "node_errors": {}},
                                      status=400)
-        number = body.number if body.number is not None else self.journal.next_number()
-        if body.front:
-            number = -abs(number)
+        number = body.number
+        if number is None:  # as in ComfyUI, `front` applies to the server's own numbering only
+            number = self.journal.next_number()
+            if body.front:
+                number = -number
         extra = dict(body.extra_data)
         if body.client_id is not None:
             extra["client_id"] = body.client_id  # where ComfyUI keeps it in queue items
-        self.journal.add(prompt_id, number, body.client_id, prompt, extra, targets or [], graph.to_dict())
+        try:
+            self.journal.add(prompt_id, number, body.client_id, prompt, extra, targets or [], graph.to_dict())
+        except sqlite3.IntegrityError:  # the same prompt_id posted twice at once
+            return web.json_response({"error": {"type": "duplicate_prompt_id", "message": "prompt_id already used",
+                                                "details": prompt_id, "extra_info": {}}, "node_errors": {}},
+                                     status=400)
         logger.info("prompt %s queued (%d nodes, client %s)", prompt_id, len(graph.nodes), body.client_id or "-")
         self.worker.wake()
         self._status()
@@ -510,7 +530,17 @@ class Server:
             return web.json_response({"error": str(exc)}, status=exc.status)
         if not path.is_file():
             return web.json_response({"error": "no such file"}, status=404)
-        return web.FileResponse(path, headers={"Content-Disposition": f'filename="{path.name}"'})
+        headers = {"Content-Disposition": f'filename="{path.name}"', "X-Content-Type-Options": "nosniff"}
+        try:
+            variant = await asyncio.to_thread(view_variant, path, q.get("preview"), q.get("channel"),
+                                              self.config.engine.max_input_pixels)
+        except FileAccessError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+        except Exception:  # not an image Pillow can read: only the file itself can be served
+            return web.json_response({"error": "preview and channel need an image"}, status=400)
+        if variant is not None:
+            return web.Response(body=variant[0], content_type=variant[1], headers=headers)
+        return web.FileResponse(path, headers={**headers, "Content-Type": served_content_type(path)})
 
     async def _upload(self, request: web.Request, mask: bool) -> web.StreamResponse:
         try:

@@ -134,3 +134,40 @@ def mask_into_image(original: Path, mask_png: bytes, max_pixels: int) -> bytes:
     out = io.BytesIO()
     base.save(out, format="PNG")
     return out.getvalue()
+
+
+def view_variant(path: Path, preview: str | None, channel: str | None, max_pixels: int) -> tuple[bytes, str] | None:
+    """``/view``'s re-encodings, as ComfyUI offers them: ``preview=webp;90`` or ``jpeg;80`` (a smaller copy
+    for thumbnails) and ``channel=rgb|a`` (the colour or the alpha plane as PNG). None: send the file."""
+    channel = (channel or "").lower()
+    if not preview and channel not in ("rgb", "a"):
+        return None
+    from PIL import Image
+
+    with Image.open(path) as img:
+        if img.width * img.height > max_pixels:
+            raise FileAccessError(400, "image is over the pixel limit")
+        if preview:
+            fmt, _, quality = preview.partition(";")
+            fmt = fmt.lower() if fmt.lower() in ("webp", "jpeg") and "a" not in channel else "webp"
+            out = img.convert("RGB") if fmt == "jpeg" or channel == "rgb" else img.convert("RGBA")
+            buffer = io.BytesIO()
+            out.save(buffer, format=fmt.upper(), quality=int(quality) if quality.isdigit() else 90)
+            return buffer.getvalue(), f"image/{fmt}"
+        if channel == "rgb":
+            out = img.convert("RGB")
+        else:
+            alpha = img.getchannel("A") if "A" in img.getbands() else Image.new("L", img.size, 255)
+            out = Image.new("RGBA", img.size)
+            out.putalpha(alpha)
+        buffer = io.BytesIO()
+        out.save(buffer, format="PNG")
+        return buffer.getvalue(), "image/png"
+
+
+def served_content_type(path: Path) -> str:
+    """Images as themselves; anything else (an upload named ``x.html``, say) as a download, never a page."""
+    import mimetypes
+
+    kind = mimetypes.guess_type(path.name)[0] or ""
+    return kind if kind.startswith("image/") and kind != "image/svg+xml" else "application/octet-stream"

@@ -270,6 +270,8 @@ class Worker:
                 logger.exception("prompt %s: unexpected server error", row.prompt_id)
                 self.journal.finish(row.prompt_id, "error", {}, [], {"exception_message": "internal server error"})
                 self._send(None, status_message(self.journal.count_pending()))
+                if row.client_id is not None:  # clients wait for this; never leave them hanging
+                    self._send(row.client_id, message("executing", Executing(node=None, prompt_id=row.prompt_id)))
             finally:
                 with self._wake:
                     self.current = None
