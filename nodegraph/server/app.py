@@ -28,6 +28,7 @@ from nodegraph.errors import Issue, WorkflowError
 from nodegraph.node import REGISTRY, Registry
 from nodegraph.settings import EngineSettings
 
+from . import frontend, userdata
 from .files import (
     FileAccessError,
     Folders,
@@ -78,6 +79,7 @@ class ServerConfig:
     engine: EngineSettings = field(default_factory=EngineSettings)
     temp_dir: Path = Path("temp")
     journal: Path = Path("queue.sqlite")
+    user_dir: Path = Path("user")  # the editor's settings and saved workflows
 
     def check(self) -> None:
         """Refuse unsafe set-ups before binding: a non-loopback address without a token."""
@@ -212,11 +214,13 @@ class Server:
             ("GET", "/view", self.view), ("POST", "/upload/image", self.upload_image),
             ("POST", "/upload/mask", self.upload_mask),
             ("GET", "/system_stats", self.system_stats), ("GET", "/embeddings", self.empty_list),
-            ("GET", "/extensions", self.empty_list), ("GET", "/features", self.features),
+            ("GET", "/features", self.features),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
             app.router.add_route(method, "/api" + path, handler)
+        userdata.add_routes(app, self.config.user_dir)
+        frontend.add_routes(app, self.registry, self._info)  # last: its static files take what is left
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         app.on_cleanup.append(self._on_cleanup)
@@ -442,11 +446,14 @@ class Server:
         def ms(t: float | None) -> int | None:
             return None if t is None else int(t * 1000)
 
-        outputs = [img for v in row.outputs.values() for img in v.get("images", [])]
+        outputs = [{**img, "nodeId": node, "mediaType": "images"}
+                   for node, v in row.outputs.items() for img in v.get("images", [])]
+        error = None if row.error is None else {**row.error, "node_id": row.error.get("node_id") or "",
+                                                 "node_type": row.error.get("node_type") or ""}
         return Job(id=row.prompt_id, status=self._JOB_STATUS[row.state], create_time=int(row.created * 1000),  # type: ignore[arg-type]
                    execution_start_time=ms(row.started), execution_end_time=ms(row.ended),
-                   outputs_count=len(outputs), preview_output=outputs[-1] if outputs else None,
-                   execution_error=row.error, priority=row.number)
+                   outputs_count=len(outputs), previewable_outputs_count=len(outputs),
+                   preview_output=outputs[-1] if outputs else None, execution_error=error, priority=row.number)
 
     async def get_jobs(self, request: web.Request) -> web.StreamResponse:
         wanted = [s for s in request.query.get("status", "").split(",") if s]
@@ -461,13 +468,17 @@ class Server:
         reply = JobList(jobs=[self._job(r) for r in window],
                         pagination=Pagination(offset=offset, limit=limit, total=len(rows),
                                               has_more=offset + len(window) < len(rows)))
-        return web.json_response(reply.model_dump(mode="json"))
+        return web.json_response(reply.model_dump(mode="json", exclude={"jobs": {"__all__": {"outputs", "workflow"}}}))
 
     async def get_job(self, request: web.Request) -> web.StreamResponse:
         row = self.journal.get(request.match_info["job_id"])
         if row is None:
             return web.json_response({"error": "no such job"}, status=404)
-        return web.json_response(self._job(row).model_dump(mode="json"))
+        pnginfo = row.extra_data.get("extra_pnginfo")
+        workflow = pnginfo.get("workflow") if isinstance(pnginfo, dict) else None
+        job = self._job(row).model_copy(update={"outputs": row.outputs,
+                                                "workflow": workflow if isinstance(workflow, dict) else None})
+        return web.json_response(job.model_dump(mode="json", exclude=set() if job.workflow else {"workflow"}))
 
     def _cancel(self, prompt_id: str) -> bool:
         return bool(self.journal.cancel_pending([prompt_id])) or self.worker.interrupt(prompt_id)

@@ -27,6 +27,7 @@ def add_serve_command(sub: Any) -> None:
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="a web origin (scheme://host:port) allowed to call the API from a browser")
     p.add_argument("--max-upload", default="50MiB", help="largest accepted upload (default 50MiB)")
+    p.add_argument("--user-dir", default=None, help="the editor's settings and saved workflows (default <cache>/user)")
     p.add_argument("--previews", action="store_true", help="send latent previews unless a prompt asks for none")
     p.add_argument("--no-cache", action="store_true", help="no disk tier for node results")
     p.set_defaults(func=cmd_serve)
@@ -59,7 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(host=args.host, port=args.port, token=args.token, allow_origins=tuple(args.allow_origin),
                           max_upload=parse_size(args.max_upload), previews=args.previews, engine=settings,
                           temp_dir=Path(args.temp_dir).resolve() if args.temp_dir else state / "temp",
-                          journal=state / "server" / "queue.sqlite")
+                          journal=state / "server" / "queue.sqlite",
+                          user_dir=Path(args.user_dir).resolve() if args.user_dir else state / "user")
     try:
         config.check()
     except ValueError as err:

@@ -113,9 +113,13 @@ class Job(BaseModel):
     execution_start_time: int | None = None
     execution_end_time: int | None = None
     outputs_count: int = 0
-    preview_output: dict[str, Any] | None = None
+    previewable_outputs_count: int | None = None  # the editor's schema requires the key (null allowed)
+    preview_output: dict[str, Any] | None = None  # an image ref plus the editor's nodeId and mediaType
     execution_error: dict[str, Any] | None = None
     priority: float | None = None
+    # only in GET /jobs/{id}: what the editor's queue panel opens
+    outputs: dict[str, Any] | None = None
+    workflow: dict[str, Any] | None = None
 
 
 class Pagination(BaseModel):

@@ -334,12 +334,11 @@ class Worker:
 
 
 def workflow_json(row: Row) -> str:
-    """What SaveImage embeds: the editor's workflow when the client sent one, else the API prompt."""
+    """What SaveImage embeds as ``nodegraph_workflow``: the native graph, so ``nodegraph run out.png`` reruns it.
+    The editor's workflow and the API prompt go in ComfyUI's own chunks (``pnginfo.png_text``)."""
     import json
 
-    workflow = row.extra_data.get("extra_pnginfo", {}).get("workflow") if isinstance(
-        row.extra_data.get("extra_pnginfo"), dict) else None
-    return json.dumps(workflow if workflow is not None else row.prompt)
+    return json.dumps(row.graph)
 
 
 # ---- the engine --------------------------------------------------------------------------------------
