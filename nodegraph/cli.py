@@ -212,9 +212,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not result.ok:
-        err = result.error
-        where = f"node {err.node_id!r} ({err.node_type})" if err is not None else "the engine"
-        what = f"{err.exception_type}: {err.message}" if err is not None else "unknown error"
+        failure = result.error
+        where = f"node {failure.node_id!r} ({failure.node_type})" if failure is not None else "the engine"
+        what = f"{failure.exception_type}: {failure.message}" if failure is not None else "unknown error"
         print(f"run failed in {where}: {what}", file=sys.stderr)
         return EXIT_FAILED
     if not args.quiet:
