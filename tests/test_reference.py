@@ -17,6 +17,8 @@ from nodegraph import Engine
 from nodes.schedulers import make_scheduler
 from tests.sdxl_graphs import DEMO_IMAGE, DEMO_MASK, inpaint_graph
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the tiny model
+
 TOL = 1e-4
 
 
