@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 from pydantic import Field
 
 from nodegraph import RunContext, node, rename_mapping
-from nodegraph.cache import default_cache_dir, parse_size
 from nodegraph.node import CachePolicy
+from nodegraph.settings import active_settings
 from nodegraph.types import MODEL_SOURCE
 from nodes.memory import (
     QUANTIZED_COMPONENTS,
@@ -100,7 +99,7 @@ class ModelManager:
     """Loaded components, one copy per process, kept under an optional memory budget.
 
     Components are keyed by (content fingerprint, component, dtype, device, options). With a budget
-    (``NODEGRAPH_MODEL_BUDGET``, e.g. ``6GiB``), loading a component first unloads the least recently
+    (``EngineSettings.model_budget_bytes``; the CLI reads ``NODEGRAPH_MODEL_BUDGET``, e.g. ``6GiB``), loading a component first unloads the least recently
     used others until it fits. With ``offload='model'`` only the component in use stays on the GPU.
     """
 
@@ -154,17 +153,7 @@ class ModelManager:
 
 def manager(ctx: RunContext) -> ModelManager:
     """The engine's model manager, with the budget of the engine's settings."""
-    return ctx.resource(ModelManager, lambda: ModelManager(_budget(ctx)))
-
-
-def _budget(ctx: RunContext) -> int | None:
-    settings = getattr(ctx, "settings", None)
-    if settings is not None:
-        budget: int | None = settings.model_budget_bytes
-        return budget
-    # Until RunContext carries EngineSettings (the engine branch), the edge's variable is read here.
-    env = os.environ.get("NODEGRAPH_MODEL_BUDGET")
-    return parse_size(env) if env else None
+    return ctx.resource(ModelManager, lambda: ModelManager(ctx.settings.model_budget_bytes))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -235,7 +224,7 @@ def load_component(ref: ModelRef, component: str) -> Any:
     kept = None
     if component == "unet" and quantize in ("int8", "fp8"):
         # The UNet's quantized weights are kept on disk, so a later load never holds the full-precision copy.
-        kept = default_cache_dir() / "quantized" / f"{ref.source.fingerprint}-unet-{ref.dtype}-{quantize}"
+        kept = active_settings().state_root / "quantized" / f"{ref.source.fingerprint}-unet-{ref.dtype}-{quantize}"
         from accelerate import init_empty_weights
 
         with init_empty_weights():
