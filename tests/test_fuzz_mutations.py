@@ -1,6 +1,7 @@
 """Mutated example workflows (issue 16): load + validate raises nothing but a structured WorkflowError.
 
-Each example is mutated at a random place (a value replaced by a nasty one, a key dropped or renamed),
+Both formats: the native v1 files in workflows/ (and a toy one), and the ComfyUI API-format and UI-format
+files in tests/comfy/. Each example is mutated at a random place (a value replaced by a nasty one, a key dropped or renamed),
 written out as JSON text (NaN/Infinity and lone surrogates included, as Python's json reads them) and read
 back through the same path as a workflow file, with a path policy in force.
 """
@@ -28,6 +29,8 @@ TOY = {"version": 1, "nodes": {
     "w": {"type": "SaveTextAs", "inputs": {"text": ["f", "text"], "prefix": "out"}}}}
 EXAMPLES = [TOY] + [json.loads(p.read_text()) for p in sorted((ROOT / "workflows").glob("*.json"))]
 EXAMPLES = [e for e in EXAMPLES if isinstance(e, dict) and e.get("version") == 1]
+# ComfyUI API-format ("prompt") and UI-format ("workflow") documents; their image names are relative to ROOT
+COMFY_EXAMPLES = [json.loads(p.read_text()) for p in sorted((ROOT / "tests" / "comfy").glob("*.json"))]
 
 nasty = st.one_of(
     st.sampled_from([float("nan"), float("inf"), float("-inf"), 10**400, -(10**30), 2**63, 1e308, -0.0, "\ud800",
@@ -68,21 +71,33 @@ def mutate(doc: Any, path: tuple, op: str, value: Any) -> Any:
     return doc
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(range(len(EXAMPLES))), st.data())
-def test_mutated_examples_give_structured_errors_only(index, data):
-    doc = json.loads(json.dumps(EXAMPLES[index]))
+def mutated(data: st.DataObject, example: Any) -> str:
+    doc = json.loads(json.dumps(example))
     for _ in range(data.draw(st.integers(1, 3))):
         where = data.draw(st.sampled_from(paths(doc)))
         op = data.draw(st.sampled_from(["replace", "replace", "delete", "rename"]))
         doc = mutate(doc, where, op, data.draw(nasty))
-    text = json.dumps(doc)  # NaN/Infinity written as Python's json writes (and reads) them
-    base = Path("/nonexistent-base")
+    return json.dumps(doc)  # NaN/Infinity written as Python's json writes (and reads) them
+
+
+def load_and_validate(text: str, base: Path) -> None:
     policy = PathPolicy(write_roots=(base / "out",), read_roots=(base,), base_dir=base)
     try:
         validate(graph_from_data(parse_json_text(text)), policy=policy)
     except WorkflowError as err:
         assert err.issues and all(i.message for i in err.issues)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(st.sampled_from(range(len(EXAMPLES))), st.data())
+def test_mutated_examples_give_structured_errors_only(index, data):
+    load_and_validate(mutated(data, EXAMPLES[index]), Path("/nonexistent-base"))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(st.sampled_from(range(len(COMFY_EXAMPLES))), st.data())
+def test_mutated_comfy_api_and_ui_files_give_structured_errors_only(index, data):
+    load_and_validate(mutated(data, COMFY_EXAMPLES[index]), ROOT)
 
 
 def test_the_unmutated_examples_are_valid():
@@ -92,3 +107,12 @@ def test_the_unmutated_examples_are_valid():
     for doc in EXAMPLES:
         validate(graph_from_data(json.loads(json.dumps(doc))),
                  policy=PathPolicy(write_roots=(base / "out",), read_roots=(base,), base_dir=base))
+
+
+def test_the_unmutated_comfy_files_are_valid_in_both_formats():
+    from nodegraph.comfy_ui import is_ui_workflow
+
+    assert {is_ui_workflow(doc) for doc in COMFY_EXAMPLES} == {True, False}
+    for doc in COMFY_EXAMPLES:
+        validate(graph_from_data(json.loads(json.dumps(doc))),
+                 policy=PathPolicy(write_roots=(ROOT / "out",), read_roots=(ROOT,), base_dir=ROOT))
