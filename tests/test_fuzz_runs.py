@@ -123,7 +123,7 @@ def test_running_mutated_native_workflows_is_clean_or_a_structured_error(builtin
     check_run(native_base(), _edits(data, NATIVE_EDITS), comfy=False, capsys=capsys)
 
 
-@settings(max_examples=20, deadline=None, derandomize=True,
+@settings(max_examples=15, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.data())
 def test_running_mutated_comfy_workflows_is_clean_or_a_structured_error(builtin_models_dir, capsys, data):
