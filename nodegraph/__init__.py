@@ -6,13 +6,13 @@ from nodegraph.context import CancelToken, RunContext
 from nodegraph.errors import Interrupted, Issue, NodeExecutionError, WorkflowError
 from nodegraph.executor import Engine, RunResult
 from nodegraph.graph import Graph, Link, validate
-from nodegraph.node import REGISTRY, ComfyMapping, node, rename_mapping
+from nodegraph.node import REGISTRY, ComfyMapping, node, register_sampler, rename_mapping
 from nodegraph.types import Socket
 from nodegraph.workflow import load_workflow
 
 __all__ = [
     "REGISTRY", "CancelToken", "ComfyMapping", "DiskCache", "Engine", "Graph", "Interrupted", "Issue", "Link",
     "MemoryCache", "NodeExecutionError", "RunContext", "RunResult", "Socket", "WorkflowError", "load_workflow",
-    "node", "payload", "rename_mapping", "validate",
+    "node", "payload", "register_sampler", "rename_mapping", "validate",
 ]
 __version__ = "0.1.0"
