@@ -329,7 +329,6 @@ def Sample(
                            beta_schedule)
     visited = set_schedule(sched, sampler, scheduler, steps, strength, denoising_start, denoising_end, sigmas,
                            timesteps, beta_schedule, device)
-    custom = sigmas is not None or timesteps is not None or scheduler in COMPUTED_SCHEDULES
     if len(visited) < 1:
         raise ValueError(f"strength {strength} with {steps} steps leaves no step to run; raise steps or strength")
 
@@ -342,8 +341,8 @@ def Sample(
     noise = noise.to(device, dtype)
     if denoising_start is not None or not add_noise:
         latents = image_latents  # continuing a run that stopped early: no new noise
-    elif latent.empty or (strength == 1.0 and not custom):
-        latents = noise * (sched.sigmas[0] if custom and hasattr(sched, "sigmas") else sched.init_noise_sigma)
+    elif latent.empty or strength == 1.0:
+        latents = noise * sched.init_noise_sigma
     else:
         latents = sched.add_noise(image_latents, noise, visited[:1].repeat(batch))
 

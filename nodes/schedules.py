@@ -120,14 +120,14 @@ def named_schedule(sampler: str, schedule: str, steps: int, config: str | Mappin
     sched = make_scheduler(sampler, schedule, cfg, beta_schedule)
     sched.set_timesteps(steps)
     sigmas = getattr(sched, "sigmas", None)
-    if sigmas is None:
+    if sigmas is not None and len(sigmas) == steps + 1:
+        return [float(s) for s in sigmas]
+    if schedule == "normal" and sigmas is None:  # DDIM-style: only timesteps, read sigma(t) off the table
         train = training_sigmas(cfg, beta_schedule)
         t = sched.timesteps.double().numpy()
         return [*np.interp(t, np.arange(len(train)), train).tolist(), 0.0]
-    values = [float(s) for s in sigmas]
-    if getattr(sched, "order", 1) == 2:  # Heun-style schedulers list each inner sigma twice
-        values = [values[0], *values[1::2]]
-    return values
+    # Second-order samplers interleave inner sigmas: the spacing itself is Euler's.
+    return named_schedule("euler", schedule, steps, cfg, beta_schedule)
 
 
 def sigmas_to_timesteps(sigmas: list[float], config: Mapping[str, Any], beta_schedule: BetaSchedule = "model"
