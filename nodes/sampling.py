@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
 
-from nodegraph import ComfyMapping, RunContext, node
+from nodegraph import ComfyMapping, RunContext, node, rename_mapping
 from nodes.models import UNetHandle, manager
 from nodes.payloads import Conditioning, Latent
 from nodes.schedulers import (
@@ -231,12 +231,13 @@ def _blend_callback(sched: Any, image: torch.Tensor, noise: torch.Tensor, mask: 
     return blend
 
 
-def _check(sampler: str, scheduler: str, denoising_start: float | None = None, denoising_end: float | None = None,
+def _check(sampler: str | None = None, scheduler: str = "normal", denoising_start: float | None = None, denoising_end: float | None = None,
            sigmas: list[float] | None = None, timesteps: list[float] | None = None, **_: Any
            ) -> list[tuple[str | None, str]]:
     problems: list[tuple[str | None, str]] = []
     custom = sigmas is not None or timesteps is not None
-    why = combination_problem(sampler, scheduler, custom=custom)
+    # A sampler linked from SamplerSelect is checked when it runs (validation sees literals only).
+    why = None if sampler is None else combination_problem(sampler, scheduler, custom=custom)
     if why:
         problems.append(("sigmas" if custom else "scheduler", why))
     if sigmas is not None and timesteps is not None:
@@ -399,3 +400,93 @@ def Sample(
                 latents = on_step(i, latents)
             progress.update()
     return latent.replace(samples=latents.float().contiguous(), empty=False)
+
+
+# ---- ComfyUI's custom sampling: a sampler, noise and a guider as values, then SampleCustom ------------
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """NOISE: where the initial noise comes from (one CPU generator per sample, seeded seed + i), or none."""
+
+    __socket__ = "NOISE"
+    seed: int = 0
+    add: bool = True
+
+
+@dataclass(frozen=True)
+class GuiderSpec:
+    """GUIDER: the model and conditioning a sampler is guided by (classifier-free when negative is set)."""
+
+    __socket__ = "GUIDER"
+    unet: UNetHandle
+    positive: Conditioning
+    negative: Conditioning | None = None
+    guidance_scale: float = 1.0
+    guidance_scale_g: float | None = None
+    guidance_scale_l: float | None = None
+
+
+@node(category="sampling/custom", version=1, outputs={"sampler": "STRING"},
+      comfy=rename_mapping("KSamplerSelect", "SamplerSelect", {"sampler_name": "sampler"}, ("sampler",)))
+def SamplerSelect(sampler: SamplerName = "euler") -> str:
+    """A sampler name as a value, for SampleCustom (and Sample's sampler input)."""
+    return sampler
+
+
+@node(category="sampling/custom", version=1, outputs={"noise": NoiseSpec},
+      comfy=(rename_mapping("RandomNoise", "Noise", {"noise_seed": "seed"}, ("noise",)),
+             rename_mapping("DisableNoise", "Noise", {}, ("noise",), add=False)))
+def Noise(seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0, add: bool = True) -> NoiseSpec:
+    """Seeded initial noise (add=false: start from the latent as it is, e.g. the second half of a split)."""
+    return NoiseSpec(seed, add)
+
+
+def _comfy_cfg_guider(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    ours = {"unet": inputs["model"], "positive": inputs["positive"], "negative": inputs.get("negative"),
+            "guidance_scale": inputs.get("cfg", 8.0)}
+    return {"": {"type": "Guider", "inputs": {k: v for k, v in ours.items() if v is not None}}}
+
+
+@node(category="sampling/custom", version=1, outputs={"guider": GuiderSpec},
+      comfy=(ComfyMapping("CFGGuider", _comfy_cfg_guider, (("", "guider"),)),
+             rename_mapping("BasicGuider", "Guider", {"model": "unet", "conditioning": "positive"}, ("guider",),
+                            guidance_scale=1.0)))
+def Guider(unet: UNetHandle, positive: Conditioning, negative: Conditioning | None = None,
+           guidance_scale: Scale = 7.5, guidance_scale_g: Scale | None = None,
+           guidance_scale_l: Scale | None = None) -> GuiderSpec:
+    """The model, prompts and guidance scales a SampleCustom is guided by (scale 1: no guidance)."""
+    return GuiderSpec(unet, positive, negative, guidance_scale, guidance_scale_g, guidance_scale_l)
+
+
+def _comfy_sampler_custom(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    add = inputs.get("add_noise", True) not in (False, "disable")
+    ours = {"unet": inputs["model"], "positive": inputs["positive"], "negative": inputs.get("negative"),
+            "guidance_scale": inputs.get("cfg", 8.0), "seed": inputs.get("noise_seed", 0), "add_noise": add,
+            "sampler": inputs["sampler"], "sigmas": inputs["sigmas"], "latent": inputs["latent_image"]}
+    return {"": {"type": "Sample", "inputs": {k: v for k, v in ours.items() if v is not None}}}
+
+
+def _comfy_sampler_custom_advanced(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    ours = {"noise": inputs["noise"], "guider": inputs["guider"], "sampler": inputs["sampler"],
+            "sigmas": inputs["sigmas"], "latent": inputs["latent_image"]}
+    return {"": {"type": "SampleCustom", "inputs": ours}}
+
+
+# ComfyUI's second output is the model's prediction of the clean latent; with a schedule that ends at 0
+# that is the output itself, which is what we hand on for both.
+_CUSTOM_OUTPUTS = (("", "latent"), ("", "latent"))
+
+
+@node(category="sampling/custom", version=1, outputs={"latent": Latent}, persist=True,
+      comfy=(ComfyMapping("SamplerCustom", _comfy_sampler_custom, _CUSTOM_OUTPUTS),
+             ComfyMapping("SamplerCustomAdvanced", _comfy_sampler_custom_advanced, _CUSTOM_OUTPUTS)))
+def SampleCustom(noise: NoiseSpec, guider: GuiderSpec, sigmas: Sigmas, latent: Latent, ctx: RunContext,
+                 sampler: SamplerName = "euler") -> Latent:
+    """Sample from parts: noise, a guider, a sampler and an explicit schedule (ComfyUI's custom sampling)."""
+    why = combination_problem(sampler, "normal", custom=True)
+    if why:
+        raise ValueError(why)
+    return Sample(unet=guider.unet, positive=guider.positive, negative=guider.negative, latent=latent, ctx=ctx,
+                  seed=noise.seed, add_noise=noise.add, sigmas=sigmas, sampler=sampler,
+                  guidance_scale=guider.guidance_scale, guidance_scale_g=guider.guidance_scale_g,
+                  guidance_scale_l=guider.guidance_scale_l)

@@ -182,3 +182,23 @@ def validate_choices() -> list[str]:
 def test_register_sampler_refuses_what_is_not_a_scheduler():
     with pytest.raises(TypeError, match="not a diffusers scheduler"):
         register_sampler("bad", int, registry=Registry())
+
+
+# ---- ComfyUI's custom sampling -----------------------------------------------------------------------
+
+def test_comfy_custom_sampling_workflow(builtin_models_dir, monkeypatch, tmp_path):
+    """KSamplerSelect + BasicScheduler + SplitSigmas: SamplerCustom on the first sigmas, then
+    SamplerCustomAdvanced (DisableNoise, CFGGuider) on the rest equals one SamplerCustom on all of them."""
+    from nodegraph.workflow import load_workflow
+    from tests.sdxl_graphs import ROOT
+
+    monkeypatch.chdir(ROOT)
+    graph = load_workflow(ROOT / "tests" / "comfy" / "custom_sampling_api.json")
+    assert graph.nodes["23"].type == "Sample" and graph.nodes["26"].type == "SampleCustom"
+    result = Engine().run(graph, outputs=["26", "27", "35", "36", "37", "41"], output_dir=tmp_path)
+    assert result.ok and len(result.outputs["41"]) == 1
+    split, whole = result["26"]["latent"].samples, result["27"]["latent"].samples
+    assert float((split - whole).abs().max()) <= 1e-5
+    for node in ("35", "36", "37"):
+        assert torch.isfinite(result[node]["latent"].samples).all()
+    assert len(result["34"]["sigmas"]) == 3  # SDTurboScheduler: timesteps 999, 899, then 0
