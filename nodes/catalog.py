@@ -4,4 +4,4 @@ Kept apart from the package's __init__ so that commands which need no nodes (``c
 ``make-tiny-model``) do not pay for importing torch and diffusers.
 """
 
-from nodes import image, latent, models, sampling, text  # noqa: F401
+from nodes import conditioning, image, latent, models, sampling, text  # noqa: F401

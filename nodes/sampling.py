@@ -123,14 +123,51 @@ class GuidanceRows:
     time_ids: torch.Tensor
     rows: int
     scales: tuple[float, ...]
+    regions: Regions | None = None  # several entries (areas, masks, time ranges): see regional_rows
+
+
+@dataclass(frozen=True)
+class Regions:
+    """Per-entry weights for conditioning with several entries, regions or time ranges (ComfyUI's way).
+
+    Rows hold ``negatives`` unconditional entries, then the conditional ones, each ``batch`` long; entry i
+    weighs its prediction by ``weights[i]`` ([batch, 1, h, w]) while ``low[i] <= t <= high[i]``, and each
+    side's prediction is the weighted average of its active entries.
+    """
+
+    negatives: int
+    weights: tuple[torch.Tensor, ...]
+    high: tuple[float, ...]
+    low: tuple[float, ...]
+
+    def combine(self, pred: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+        """[uncond, cond] (or [cond] without negatives) from the stacked per-entry predictions."""
+        import torch
+
+        chunks = pred.chunk(len(self.weights))
+        sides = [range(self.negatives), range(self.negatives, len(self.weights))] if self.negatives else [
+            range(len(self.weights))]
+        out = []
+        for side in sides:
+            total = torch.zeros_like(chunks[0])
+            count = torch.full_like(chunks[0][:, :1], 1e-37)  # no active entry: a zero prediction, not NaN
+            for i in side:
+                if self.low[i] <= float(t) <= self.high[i]:
+                    total = total + chunks[i] * self.weights[i]
+                    count = count + self.weights[i]
+            out.append(total / count)
+        return out
 
 
 def prepare_conditioning(unet: UNetHandle, positive: Conditioning, negative: Conditioning | None, batch: int,
                          scale_g: float, scale_l: float, ids: tuple[float, ...], neg_ids: tuple[float, ...],
-                         device: torch.device, dtype: torch.dtype) -> GuidanceRows:
+                         device: torch.device, dtype: torch.dtype, latent_size: tuple[int, int]) -> GuidanceRows:
     """Stack the rows the guided denoiser evaluates; equal scales take diffusers' 2-row CFG exactly."""
     import torch
 
+    if not positive.plain or (negative is not None and not negative.plain):
+        return regional_rows(unet, positive, negative, batch, scale_g, scale_l, ids, neg_ids, device, dtype,
+                             latent_size)
     embeds = _to_batch(positive.embeds, batch, "positive").to(device, dtype)
     pooled = _to_batch(positive.pooled, batch, "positive pooled").to(device, dtype)
     time_ids = torch.tensor([ids], dtype=dtype, device=device).repeat(batch, 1)
@@ -159,6 +196,66 @@ def prepare_conditioning(unet: UNetHandle, positive: Conditioning, negative: Con
                         torch.cat([neg_time_ids, time_ids, time_ids]), 3, (scale_g, scale_l))
 
 
+def _entry_weight(entry: Conditioning, unet: UNetHandle, batch: int, size: tuple[int, int],
+                  device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """strength x (area box or resized mask) over the latent, [batch, 1, h, w]."""
+    import torch
+
+    h, w = size
+    weight = torch.full((1, 1, h, w), float(entry.strength), device=device, dtype=dtype)
+    if entry.area is not None:
+        x, y, aw, ah = entry.area
+        if entry.area_in_pixels:
+            f = unet.vae_scale_factor
+            box = (int(x) // f, int(y) // f, int(aw) // f, int(ah) // f)
+        else:
+            box = (round(x * w), round(y * h), round(aw * w), round(ah * h))
+        region = torch.zeros_like(weight)
+        region[..., box[1]:box[1] + box[3], box[0]:box[0] + box[2]] = 1
+        weight = weight * region
+    if entry.mask is not None:
+        mask = entry.mask.to(device, torch.float32).reshape(1, 1, *entry.mask.shape[-2:])
+        weight = weight * torch.nn.functional.interpolate(mask, size=(h, w), mode="bilinear").to(dtype)
+    return weight.repeat(batch, 1, 1, 1)
+
+
+def regional_rows(unet: UNetHandle, positive: Conditioning, negative: Conditioning | None, batch: int,
+                  scale_g: float, scale_l: float, ids: tuple[float, ...], neg_ids: tuple[float, ...],
+                  device: torch.device, dtype: torch.dtype, latent_size: tuple[int, int]) -> GuidanceRows:
+    """Every entry of both sides as rows of one UNet call (tokens repeated to a common length)."""
+    import torch
+
+    if scale_g != scale_l:
+        raise ValueError("per-encoder guidance (guidance_scale_g != guidance_scale_l) does not combine with "
+                         "conditioning of several entries, areas, masks or time ranges yet")
+    cfg = scale_g > 1.0 and unet.time_cond_proj_dim is None
+    sides: list[tuple[list[Conditioning], tuple[float, ...]]] = []
+    if cfg:
+        if negative is None:
+            if not unet.force_zeros_for_empty_prompt:
+                raise ValueError("this model does not use zero embeddings for an empty negative prompt: connect "
+                                 "an EncodePrompt (of \"\" for no negative prompt) to 'negative'")
+            first = positive.entries()[0]
+            negative = Conditioning(torch.zeros_like(first.embeds), torch.zeros_like(first.pooled))
+        sides.append((negative.entries(), neg_ids))
+    sides.append((positive.entries(), ids))
+    length = max(e.embeds.shape[1] for entries, _ in sides for e in entries)
+    total = json.loads(unet.scheduler_config).get("num_train_timesteps", 1000)
+    embeds, pooled, time_ids, weights, high, low = [], [], [], [], [], []
+    for entries, entry_ids in sides:
+        for e in entries:
+            emb = _to_batch(e.embeds, batch, "conditioning").to(device, dtype)
+            embeds.append(emb.repeat(1, -(-length // emb.shape[1]), 1)[:, :length])
+            pooled.append(_to_batch(e.pooled, batch, "conditioning pooled").to(device, dtype))
+            time_ids.append(torch.tensor([entry_ids], dtype=dtype, device=device).repeat(batch, 1))
+            weights.append(_entry_weight(e, unet, batch, latent_size, device, dtype))
+            high.append((1 - e.start) * total)
+            low.append((1 - e.end) * total)
+    regions = Regions(len(sides[0][0]) if cfg else 0, tuple(weights), tuple(high), tuple(low))
+    return GuidanceRows(torch.cat(embeds), torch.cat(pooled), torch.cat(time_ids), len(weights),
+                        (scale_g,) if cfg else (), regions)
+
+
 def guided_denoiser(model: Any, scheduler: Any, cond: GuidanceRows, *, concat: torch.Tensor | None = None,
                     timestep_cond: torch.Tensor | None = None, rescale: float = 0.0) -> Denoiser:
     """A closure (latents, t) -> the guided noise prediction, all rows in one UNet call.
@@ -177,9 +274,15 @@ def guided_denoiser(model: Any, scheduler: Any, cond: GuidanceRows, *, concat: t
             x = torch.cat([x, concat], dim=1)
         pred = model(x, t, encoder_hidden_states=cond.embeds, timestep_cond=timestep_cond,
                      added_cond_kwargs=added, return_dict=False)[0]
-        if cond.rows == 1:
+        if cond.regions is not None:
+            sides = cond.regions.combine(pred, t)
+            if len(sides) == 1:
+                return sides[0]
+            uncond, text = sides
+            pred = uncond + cond.scales[0] * (text - uncond)
+        elif cond.rows == 1:
             return pred
-        if cond.rows == 2:
+        elif cond.rows == 2:
             uncond, text = pred.chunk(2)
             pred = uncond + cond.scales[0] * (text - uncond)
         else:
@@ -370,7 +473,8 @@ def Sample(
         ids = neg_ids = orig + crop + target
     scale_g = guidance_scale if guidance_scale_g is None else guidance_scale_g
     scale_l = guidance_scale if guidance_scale_l is None else guidance_scale_l
-    cond = prepare_conditioning(unet, positive, negative, batch, scale_g, scale_l, ids, neg_ids, device, dtype)
+    cond = prepare_conditioning(unet, positive, negative, batch, scale_g, scale_l, ids, neg_ids, device, dtype,
+                                (h, w))
     concat = None
     if nine_channel:
         concat = torch.cat([mask, masked], dim=1).repeat(cond.rows, 1, 1, 1)  # type: ignore[list-item]
