@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nodegraph import Engine, Graph, node  # noqa: E402
-from nodegraph.graph import validate  # noqa: E402
+from nodegraph.validation import validate  # noqa: E402
 from nodegraph.workflow import load_workflow  # noqa: E402
 
 CHAINS, LENGTH = 100, 100  # 100 chains x (100 nodes + 1 sink) = 10,100 nodes

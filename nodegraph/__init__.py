@@ -5,9 +5,10 @@ from nodegraph.codec import payload
 from nodegraph.context import CancelToken, RunContext
 from nodegraph.errors import Interrupted, Issue, NodeExecutionError, WorkflowError
 from nodegraph.executor import Engine, RunResult
-from nodegraph.graph import Graph, Link, validate
+from nodegraph.graph import Graph, Link
 from nodegraph.node import REGISTRY, ComfyMapping, node, register_sampler, rename_mapping
 from nodegraph.types import Socket
+from nodegraph.validation import validate
 from nodegraph.workflow import load_workflow
 
 __all__ = [

@@ -1,5 +1,7 @@
 """The two cache tiers: memory (LRU bounded in bytes) and disk (content-addressed, checksummed files).
 
+Both are a ``Store``: ``get(key) -> (found, value)``, ``put(key, value)``, ``contains(key)``.
+
 Disk entries are written to a temp file and renamed, so a crash or SIGKILL mid-write never leaves an
 entry that reads as valid, and two processes writing the same key both leave a whole file (last rename
 wins; the contents are identical by construction). Reads verify a checksum; a bad entry is deleted,
@@ -9,21 +11,22 @@ reported once, and treated as a miss.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
-import tempfile
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nodegraph.codec import CorruptEntry, NotEncodable, decode_entry, encode_entry
+from nodegraph.files import atomic_write_bytes
+from nodegraph.node import Registry
+from nodegraph.settings import DEFAULT_DISK_BYTES, DEFAULT_MEMORY_BYTES
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MEMORY_BYTES = 4 * 1024**3
-DEFAULT_DISK_BYTES = 10 * 1024**3
 ENTRY_SUFFIX = ".ngc"
 
 
@@ -54,6 +57,20 @@ def sizeof(value: Any) -> int:
     return total
 
 
+class Store(Protocol):
+    """A cache tier."""
+
+    def get(self, key: str) -> tuple[bool, Any]:
+        """``(True, value)`` on a hit, ``(False, None)`` on a miss."""
+        ...
+
+    def put(self, key: str, value: Any) -> bool:
+        """Store an entry; False when it was not stored (too large, not storable, not writable)."""
+        ...
+
+    def contains(self, key: str) -> bool: ...
+
+
 class MemoryCache:
     """Least-recently-used entries bounded by their total size in bytes."""
 
@@ -62,23 +79,26 @@ class MemoryCache:
         self._entries: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self.bytes = 0
 
-    def __contains__(self, key: str) -> bool:
+    def contains(self, key: str) -> bool:
         return key in self._entries
+
+    def __contains__(self, key: str) -> bool:
+        return self.contains(key)
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str) -> Any | None:
+    def get(self, key: str) -> tuple[bool, Any]:
         entry = self._entries.get(key)
         if entry is None:
-            return None
+            return False, None
         self._entries.move_to_end(key)
-        return entry[0]
+        return True, entry[0]
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: Any) -> bool:
         size = sizeof(value)
         if size > self.max_bytes:
-            return
+            return False
         old = self._entries.pop(key, None)
         if old is not None:
             self.bytes -= old[1]
@@ -87,6 +107,7 @@ class MemoryCache:
         while self.bytes > self.max_bytes:
             _, (_, evicted) = self._entries.popitem(last=False)
             self.bytes -= evicted
+        return True
 
     def clear(self) -> None:
         self._entries.clear()
@@ -101,15 +122,6 @@ class DiskStats:
     max_bytes: int
 
 
-def default_cache_dir() -> Path:
-    """``$NODEGRAPH_CACHE_DIR``, else ``$XDG_CACHE_HOME/nodegraph``, else ``~/.cache/nodegraph``."""
-    explicit = os.environ.get("NODEGRAPH_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return Path(xdg) / "nodegraph" if xdg else Path.home() / ".cache" / "nodegraph"
-
-
 def parse_size(text: str) -> int:
     """``"10GiB"``, ``"500M"``, ``"1024"`` -> bytes."""
     units = {"": 1, "B": 1, "K": 1024, "KB": 1000, "KIB": 1024, "M": 1024**2, "MB": 1000**2, "MIB": 1024**2,
@@ -117,16 +129,22 @@ def parse_size(text: str) -> int:
     s = text.strip().upper().replace(" ", "")
     num = s.rstrip("KMGTIB")
     unit = s[len(num):]
-    if unit not in units or not num:
+    try:
+        value = float(num) * units[unit] if num and unit in units else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
         raise ValueError(f"cannot read size {text!r}; write e.g. 500MiB, 10GiB or a number of bytes")
-    return int(float(num) * units[unit])
+    return int(value)
 
 
 class DiskCache:
     """Content-addressed entries under ``root/entries/<2 hex>/<key>.ngc``."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_DISK_BYTES):
-        self.root = Path(root) if root is not None else default_cache_dir()
+    def __init__(self, root: str | os.PathLike[str], max_bytes: int = DEFAULT_DISK_BYTES,
+                 registry: Registry | None = None):
+        self.root = Path(root)
+        self.registry = registry  # which @payload classes entries may rebuild (None: the global registry)
         self.max_bytes = max_bytes
         self.enabled = True
         self.wrote = False  # since the last prune: a cache nothing was added to needs no pruning
@@ -160,7 +178,7 @@ class DiskCache:
             self._warn_once("read:" + key, "disk cache: cannot read %s (%s); recomputing", path, exc)
             return False, None
         try:
-            value = decode_entry(data)
+            value = decode_entry(data, self.registry, key)
         except CorruptEntry as exc:
             self._warn_once("bad:" + key, "disk cache: dropping bad entry %s (%s); recomputing", path.name, exc)
             try:
@@ -179,32 +197,19 @@ class DiskCache:
         if not self.enabled:
             return False
         try:
-            data = encode_entry(value)
+            data = encode_entry(value, self.registry, key)
         except NotEncodable as exc:
             self._warn_once("enc:" + str(exc), "disk cache: not storing an output: %s", exc)
             return False
-        path = self.path(key)
-        tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            self.wrote = True
-            return True
+            atomic_write_bytes(self.path(key), data)
         except OSError as exc:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
             self.enabled = False
             self._warn_once("write", "disk cache at %s is not writable (%s); continuing without disk caching",
                             self.root, exc)
             return False
+        self.wrote = True
+        return True
 
     def _files(self) -> list[tuple[Path, os.stat_result]]:
         out = []

@@ -12,21 +12,33 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from nodegraph.cache import DEFAULT_DISK_BYTES, DiskCache, default_cache_dir, parse_size
+from nodegraph.cache import DiskCache, parse_size
 from nodegraph.context import CancelToken
 from nodegraph.errors import WorkflowError
+from nodegraph.events import (
+    NodeFinished,
+    NodeProgress,
+    NodeStarted,
+    NodeStatus,
+    RunEvent,
+    RunFailed,
+    RunFinished,
+    RunInterrupted,
+)
 from nodegraph.executor import Engine
 from nodegraph.files import atomic_write_bytes
-from nodegraph.graph import validate
+from nodegraph.graph import Graph
 from nodegraph.node import REGISTRY
-from nodegraph.workflow import _decode_input, load_workflow
+from nodegraph.settings import DEFAULT_DISK_BYTES, EngineSettings, PathPolicy, default_cache_dir
+from nodegraph.validation import validate
+from nodegraph.workflow import BASE_DIR_KEY, _decode_input, is_png, load_workflow
 
 COMMANDS_ENTRY_POINT = "nodegraph.commands"
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class TqdmListener:
-    """One progress bar per node that reports steps, plus a line per finished node."""
+    """One progress bar per node that reports steps, drawn from the run's events."""
 
     def __init__(self) -> None:
         from tqdm import tqdm
@@ -35,18 +47,16 @@ class TqdmListener:
         self._bar: Any = None
         self._types: dict[str, str] = {}
 
-    def node_started(self, node_id: str, node_type: str) -> None:
-        self._types[node_id] = node_type
-
-    def node_progress(self, node_id: str, done: int, total: int) -> None:
-        if self._bar is None:
-            self._bar = self._tqdm(total=total, desc=f"{node_id} {self._types.get(node_id, '')}", unit="step",
-                                   file=sys.stderr, leave=True)
-        self._bar.n = done
-        self._bar.refresh()
-
-    def node_finished(self, node_id: str, status: str) -> None:
-        if self._bar is not None:
+    def on_event(self, event: RunEvent) -> None:
+        if isinstance(event, NodeStarted):
+            self._types[event.node_id] = event.node_type
+        elif isinstance(event, NodeProgress):
+            if self._bar is None:  # drawn once here; updates only redraw when the count moves
+                self._bar = self._tqdm(total=event.total, initial=event.value, unit="step", file=sys.stderr,
+                                       desc=f"{event.node_id} {self._types.get(event.node_id, '')}", leave=True)
+            elif event.value > self._bar.n:
+                self._bar.update(event.value - self._bar.n)
+        elif isinstance(event, (NodeFinished, RunFinished, RunFailed, RunInterrupted)) and self._bar is not None:
             self._bar.close()
             self._bar = None
 
@@ -82,43 +92,130 @@ def _usage_issue(message: str) -> Any:
     return Issue(kind="invalid_value", message=message)
 
 
+def _settings(args: argparse.Namespace, output_dir: Path) -> EngineSettings:
+    """The one place a run's settings are read from the environment and the command line."""
+    settings = EngineSettings.from_env(output_dir=output_dir, disk_cache_bytes=parse_size(args.cache_size))
+    if args.cache_dir:  # everything kept between runs moves with it (entries, built-in models, fingerprints)
+        root = Path(args.cache_dir).expanduser().resolve()
+        settings = settings.with_(cache_dir=root, state_dir=root)
+    if args.no_cache:  # no disk tier of node outputs; built-in models and fingerprints still live there
+        settings = settings.with_(cache_dir=None)
+    return settings
+
+
+class UsageError(Exception):
+    """A bad command line (exit 2, one line, no traceback)."""
+
+
+def _check_output_dir(text: str) -> Path:
+    """The output directory, resolved; refused before anything runs if it cannot take files."""
+    path = Path(text).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--output-dir {text}: exists and is not a directory")
+    probe = path
+    while not probe.exists():  # created on first write; its nearest existing parent must be writable
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--output-dir {text}: {probe} is not writable")
+    return path
+
+
+def _check_report_path(text: str | None) -> Path | None:
+    if text is None:
+        return None
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise UsageError(f"--report {text}: is a directory; give a file name such as {path / 'report.json'}")
+    if not path.parent.is_dir():
+        raise UsageError(f"--report {text}: folder {path.parent} does not exist")
+    return path
+
+
+def _write_report(path: Path | None, doc: dict[str, Any]) -> None:
+    if path is not None:
+        atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())
+
+
+def _policy(args: argparse.Namespace, graph: Graph, output_dir: Path, settings: EngineSettings) -> PathPolicy:
+    """Writes stay in the output directory; a workflow from a PNG is untrusted and reads only beside it.
+
+    Relative paths resolve against the workflow file's folder; for a PNG, against the folder recorded in it
+    when it was written (if that still exists), else the PNG's folder.
+    """
+    source = Path(args.file).expanduser().resolve()
+    base = source.parent
+    read_roots: tuple[Path, ...] | None = None
+    if is_png(source):
+        recorded = graph.metadata.get(BASE_DIR_KEY)
+        if isinstance(recorded, str) and Path(recorded).is_dir():
+            base = Path(recorded)
+        if not args.trust_workflow:
+            read_roots = (source.parent, *settings.models_dirs)
+    return PathPolicy(write_roots=(output_dir,), read_roots=read_roots, base_dir=base,
+                      allow_outside_writes=args.allow_outside_writes)
+
+
+def _quiet_libraries() -> None:
+    """Silence the progress bars of huggingface_hub, diffusers and transformers (they all follow this)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    hub = sys.modules.get("huggingface_hub.utils")
+    if hub is not None:
+        hub.disable_progress_bars()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    report_path = _check_report_path(args.report)
+    output_dir = _check_output_dir(args.output_dir)
+    settings = _settings(args, output_dir)
+    if args.quiet:
+        _quiet_libraries()
     try:
         graph = load_workflow(args.file)
         _apply_sets(graph, args.set or [])
+        policy = _policy(args, graph, output_dir, settings)
+        engine = Engine(settings)
+        if args.dry_run:
+            plan = engine.plan(graph, policy=policy)
+            print(json.dumps(plan.to_dict(), indent=2) if args.json else "\n".join(plan.describe()))
+            return EXIT_OK
     except WorkflowError as err:
         _print_issues(err, False)
+        _write_report(report_path, {"ok": False, "error": {"message": "invalid workflow"},
+                                    "issues": [i.model_dump() for i in err.issues]})
         return EXIT_INVALID
-    if args.cache_dir:  # everything kept between runs moves with it (entries, built-in models, fingerprints)
-        os.environ["NODEGRAPH_CACHE_DIR"] = str(Path(args.cache_dir).expanduser().resolve())
-    disk = None if args.no_cache else DiskCache(args.cache_dir, parse_size(args.cache_size))
-    engine = Engine(disk=disk)
     cancel = CancelToken()
 
     def on_sigint(signum: int, frame: Any) -> None:
-        if cancel.cancelled:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
+        if cancel.cancelled:  # a second Ctrl-C: stop now, with the status a shell expects
+            sys.stderr.write("\ninterrupted\n")
+            os._exit(EXIT_INTERRUPTED)
         print("\ninterrupt: stopping after the current step (Ctrl-C again to stop at once)", file=sys.stderr)
         cancel.cancel()
 
+    # Embedded in PNGs we write, so a rerun from the PNG resolves relative paths as this run did.
+    embedded = graph.to_dict()
+    embedded.setdefault("metadata", {})[BASE_DIR_KEY] = str(policy.base_dir)
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:  # Engine.run validates before anything runs; an invalid graph raises WorkflowError from there
-        result = engine.run(graph, output_dir=args.output_dir, cancel=cancel, raise_on_error=False,
-                            listener=None if args.quiet else TqdmListener(), workflow_json=graph.to_json(None))
+        result = engine.run(graph, cancel=cancel, raise_on_error=False, policy=policy,
+                            listener=None if args.quiet else TqdmListener(),
+                            workflow_json=json.dumps(embedded, indent=None))
     except WorkflowError as err:
         _print_issues(err, False)
+        _write_report(report_path, {"ok": False, "error": {"message": "invalid workflow"},
+                                    "issues": [i.model_dump() for i in err.issues]})
         return EXIT_INVALID
     finally:
         signal.signal(signal.SIGINT, previous)
-    if args.report:
-        atomic_write_bytes(args.report, (json.dumps(result.report(), indent=2) + "\n").encode())
+    _write_report(report_path, result.report())
     if result.interrupted:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not result.ok:
-        err = result.error or {}
-        print(f"run failed in node {err.get('node')!r} ({err.get('type')}): {err.get('exception')}: "
-              f"{err.get('message')}", file=sys.stderr)
+        err = result.error
+        where = f"node {err.node_id!r} ({err.node_type})" if err is not None else "the engine"
+        what = f"{err.exception_type}: {err.message}" if err is not None else "unknown error"
+        print(f"run failed in {where}: {what}", file=sys.stderr)
         return EXIT_FAILED
     if not args.quiet:
         for node_id, files in result.outputs.items():
@@ -126,7 +223,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"{node_id}: wrote {f}")
         counts: dict[str, int] = {}
         for info in result.nodes.values():
-            counts[info["status"]] = counts.get(info["status"], 0) + 1
+            status = NodeStatus(info["status"]).value
+            counts[status] = counts.get(status, 0) + 1
         summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         print(f"done in {result.seconds:.2f}s ({summary}); loaded: {', '.join(result.loaded) or 'nothing'}")
     return EXIT_OK
@@ -176,7 +274,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    disk = DiskCache(args.cache_dir)
+    disk = DiskCache(Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir())
     if args.action == "stats":
         s = disk.stats()
         print(json.dumps({"path": s.path, "entries": s.entries, "bytes": s.bytes, "max_bytes": s.max_bytes}))
@@ -204,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"cache directory for results, built-in models and fingerprints (default: {default_cache_dir()})")
     p.add_argument("--cache-size", default=str(DEFAULT_DISK_BYTES), help="disk cache cap, e.g. 10GiB")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the disk cache")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (what would run, what is cached) and stop")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
+    p.add_argument("--allow-outside-writes", action="store_true",
+                   help="let the workflow write outside --output-dir (docs/security.md)")
+    p.add_argument("--trust-workflow", action="store_true",
+                   help="a workflow taken from a PNG may read files anywhere, not only beside the PNG")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a workflow without running it")
@@ -235,13 +339,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # inside the try: a reader that went away is handled below, not at exit
+        return code
     except WorkflowError as err:
         _print_issues(err, False)
         return EXIT_INVALID
-    except ValueError as err:
+    except (ValueError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_INVALID
+    except BrokenPipeError:
+        # The reader went away (``nodegraph schema | head``): nothing more to say, and nothing to say it to.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

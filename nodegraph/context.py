@@ -1,37 +1,21 @@
-"""What a running node may ask of the engine: progress, cancellation, output paths, shared resources."""
+"""What a running node may ask of the engine: progress, cancellation, output paths, settings, shared resources."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from nodegraph.errors import Interrupted
+from nodegraph.events import NodeProgress, PreviewFactory, PreviewSettings, RunListener, SilentListener
+from nodegraph.settings import EngineSettings
 
 T = TypeVar("T")
 
-
-class RunListener(Protocol):
-    """Receives run events; the CLI draws progress bars from them."""
-
-    def node_started(self, node_id: str, node_type: str) -> None: ...
-
-    def node_progress(self, node_id: str, done: int, total: int) -> None: ...
-
-    def node_finished(self, node_id: str, status: str) -> None: ...
-
-
-class SilentListener:
-    def node_started(self, node_id: str, node_type: str) -> None:
-        pass
-
-    def node_progress(self, node_id: str, done: int, total: int) -> None:
-        pass
-
-    def node_finished(self, node_id: str, status: str) -> None:
-        pass
+__all__ = ["CancelToken", "Progress", "RunContext", "RunListener", "SilentListener"]
 
 
 @dataclass
@@ -53,17 +37,33 @@ class CancelToken:
 
 
 class Progress:
-    """A step counter for one node's long loop; each update is also a cancellation point."""
+    """A step counter for one node's long loop; each update is an event and a cancellation point."""
 
     def __init__(self, ctx: RunContext, total: int):
         self._ctx = ctx
         self.total = total
         self.done = 0
-        ctx.listener.node_progress(ctx.node_id, 0, total)
+        self._preview_step = 0
+        self._preview_time = float("-inf")
+        ctx.listener.on_event(NodeProgress(ctx.node_id, 0, total))
 
-    def update(self, n: int = 1) -> None:
+    def _preview_due(self) -> bool:
+        wanted = self._ctx.previews
+        if wanted is None:
+            return False
+        return (self.done - self._preview_step >= wanted.every_steps
+                and time.monotonic() - self._preview_time >= wanted.min_interval_s)
+
+    def update(self, n: int = 1, preview: PreviewFactory | None = None) -> None:
+        """Count ``n`` steps. ``preview`` builds a preview image; it is called only when the run asked for
+        previews and one is due, so a node may pass it on every step at no cost."""
         self.done += n
-        self._ctx.listener.node_progress(self._ctx.node_id, self.done, self.total)
+        image = None
+        if preview is not None and self._preview_due():
+            image = preview()
+            self._preview_step = self.done
+            self._preview_time = time.monotonic()
+        self._ctx.listener.on_event(NodeProgress(self._ctx.node_id, self.done, self.total, image))
         self._ctx.cancel.check()
 
 
@@ -78,6 +78,9 @@ class RunContext:
     resources: dict[type, Any]
     loaded: list[str]
     workflow_json: str | None = None
+    settings: EngineSettings = field(default_factory=EngineSettings)
+    run_id: str = ""
+    previews: PreviewSettings | None = None  # None: this run wants no previews
 
     def progress(self, total: int) -> Progress:
         return Progress(self, total)
@@ -89,7 +92,7 @@ class RunContext:
         """A session-wide object (a model manager, say) shared by every run of the same engine."""
         if kind not in self.resources:
             self.resources[kind] = factory() if factory else kind()
-        return self.resources[kind]
+        return self.resources[kind]  # type: ignore[no-any-return]
 
     def record_loaded(self, component: str) -> None:
         """Tell the run report that a model component was read from disk during this run."""

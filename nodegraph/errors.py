@@ -24,6 +24,7 @@ IssueKind = Literal[
     "cycle",
     "no_output_node",
     "unsupported_option",
+    "path_not_allowed",
 ]
 
 

@@ -49,6 +49,9 @@ class RunStarted:
     run_id: str
     will_execute: tuple[str, ...]  # the plan: node ids that will run, in order
     cached: tuple[str, ...]  # node ids the plan serves from a cache tier
+    # Ancestors not demanded (a descendant is served from a cache) whose own result a tier also holds:
+    # not read, but a report says what a rerun could reuse.
+    unread_cached: tuple[tuple[str, CacheTier], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class NodeCached:
     node_id: str
     node_type: str
     tier: CacheTier
+    seconds: float = 0.0  # time to read it from the tier
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,33 @@
-"""Writing files so that nothing is lost: whole or not at all, and never over someone else's file."""
+"""Writing files so that nothing is lost: whole or not at all, and never over someone else's file.
+
+Every file written here gets the mode an ordinary ``open()`` would give it (0666 less the umask):
+``mkstemp`` alone would leave 0600, which hides outputs, reports and shared cache entries from the group.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+
+@functools.cache
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows (os.umask sets it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    current = os.umask(0o022)  # once per process, before any file is written
+    os.umask(current)
+    return current
 
 
 def _temp_beside(target: Path, data: bytes) -> str:
@@ -12,6 +35,7 @@ def _temp_beside(target: Path, data: bytes) -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -30,6 +54,28 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Build a folder in a temp folder beside ``target``, then rename it into place.
+
+    Readers see the whole folder or none. If another process finished the same folder first, ours is
+    discarded and theirs kept (both were built from the same inputs). On an error nothing is left behind.
+    """
+    final = Path(target)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(work, 0o777 & ~_umask())
+    try:
+        yield work
+        try:
+            os.replace(work, final)
+        except OSError:
+            if not final.is_dir():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def write_numbered(folder: Path, prefix: str, suffix: str, data: bytes, start: int = 1) -> Path:

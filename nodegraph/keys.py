@@ -50,18 +50,24 @@ def node_key(
     literals: Mapping[str, Any],
     upstream: Mapping[str, tuple[str, str]],
     external: Any = None,
+    salt: str = "",
 ) -> str:
     """Key of one node's outputs.
 
     upstream: ``{input name: (key of the source node, output name)}`` -- the source's key, never its id.
     external: a fingerprint of content outside the graph that a source node reads (file digests).
+    salt: the node's environment salt (its pack's version and the major.minor of the libraries it depends
+    on), so a persisted entry is not served after an upgrade that changes the numbers.
     """
     # Built already in canonical form (sorted pairs; plain values as they are): this runs once per node
     # per run, so it stays off the generic normaliser for the common case.
     lits = [[k, v if type(v) in _PLAIN else _normalise(v)] for k, v in sorted(literals.items())]
     ups = [[k, key, out] for k, (key, out) in sorted(upstream.items())]
     ext = external if type(external) in _PLAIN else _normalise(external)
-    return digest(msgpack.packb([KEY_SCHEMA, node_type, version, lits, ups, ext], use_bin_type=True))
+    body = [KEY_SCHEMA, node_type, version, lits, ups, ext]
+    if salt:  # an unsalted key stays what it was, so entries of nodes without a salt survive this change
+        body.append(salt)
+    return digest(msgpack.packb(body, use_bin_type=True))
 
 
 def file_fingerprint(path: str | os.PathLike[str]) -> str:

@@ -6,8 +6,10 @@ the server and the batch runner at start-up), never from inside the engine or a 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -60,9 +62,16 @@ class EngineSettings:
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
+    def state_root(self) -> Path:
+        """Where state kept between runs lives: ``models/``, ``converted/``, ``fingerprints/``, ...
+
+        Falls back to the default cache directory only for settings built without any directory.
+        """
+        return self.state_dir or self.cache_dir or default_cache_dir()
+
+    @property
     def models_state_dir(self) -> Path:
-        root = self.state_dir or self.cache_dir or default_cache_dir()
-        return root / "models"
+        return self.state_root / "models"
 
     def with_(self, **changes: object) -> EngineSettings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -78,3 +87,29 @@ class EngineSettings:
         base = cls(cache_dir=cache_dir, state_dir=cache_dir,
                    model_budget_bytes=parse_size(budget) if budget else None)
         return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+_ACTIVE: contextvars.ContextVar[EngineSettings | None] = contextvars.ContextVar("nodegraph_settings", default=None)
+
+
+@contextlib.contextmanager
+def use_settings(settings: EngineSettings) -> Iterator[EngineSettings]:
+    """Make ``settings`` the active ones for code running in this context (the engine wraps each run).
+
+    A context variable, not a global: two engines running in two threads each see their own settings.
+    """
+    token = _ACTIVE.set(settings)
+    try:
+        yield settings
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_settings() -> EngineSettings:
+    """The settings of the engine running in this context.
+
+    For helpers deep inside a node (a model resolver called from a fingerprint hook, say) that have no
+    ``RunContext`` to ask; nodes that have one use ``ctx.settings``. Outside any run this is a default
+    ``EngineSettings()``.
+    """
+    return _ACTIVE.get() or EngineSettings()

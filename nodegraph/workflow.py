@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ FORMAT_VERSION = 1
 MAX_FILE_BYTES = 32 * 1024 * 1024
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PNG_TEXT_KEY = "nodegraph_workflow"
+# Recorded in the metadata of a workflow embedded in a PNG: the folder its relative paths resolved against.
+BASE_DIR_KEY = "base_dir"
 
 
 class NodeEntry(BaseModel):
@@ -78,21 +81,49 @@ def parse_json_text(text: str, source: str = "<workflow>") -> Any:
                                    message=f"{source}: JSON is nested too deeply")]) from None
 
 
+def _file_issue(p: Path, message: str) -> WorkflowError:
+    return WorkflowError([Issue(kind="invalid_file", found=str(p), message=f"{p}: {message}")])
+
+
+def read_workflow_bytes(path: str | os.PathLike[str]) -> bytes:
+    """A workflow file's bytes: a regular file of at most ``MAX_FILE_BYTES`` (never a device, FIFO or
+    directory, which could block or never end), else a structured error naming the file."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise _file_issue(p, "no such file") from None
+    except PermissionError:
+        raise _file_issue(p, "permission denied") from None
+    except OSError as exc:
+        raise _file_issue(p, f"cannot read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise _file_issue(p, "is a directory, not a workflow file")
+    if not stat.S_ISREG(st.st_mode):
+        raise _file_issue(p, "is not a regular file (a device, pipe or socket); give a workflow file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise _file_issue(p, f"{st.st_size} bytes is too large for a workflow (limit {MAX_FILE_BYTES})")
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)  # bounded even if the file grows after the check
+    except PermissionError:
+        raise _file_issue(p, "permission denied") from None
+    except OSError as exc:
+        raise _file_issue(p, f"cannot read: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise _file_issue(p, f"too large for a workflow (limit {MAX_FILE_BYTES} bytes)")
+    return raw
+
+
+def is_png(path: str | os.PathLike[str]) -> bool:
+    """Whether a workflow file is a PNG (whose embedded workflow is untrusted input)."""
+    return read_workflow_bytes(path).startswith(PNG_MAGIC)
+
+
 def read_workflow_data(path: str | os.PathLike[str]) -> Any:
     """The JSON document of a workflow file, or of the workflow embedded in a PNG we wrote."""
     p = Path(path)
-    try:
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise WorkflowError([Issue(kind="invalid_file", found=str(p),
-                                       message=f"{p}: {size} bytes is too large for a workflow (limit {MAX_FILE_BYTES})")])
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise WorkflowError([Issue(kind="invalid_file", found=str(p), message=f"{p}: no such file")]) from None
-    except IsADirectoryError:
-        raise WorkflowError([Issue(kind="invalid_file", found=str(p), message=f"{p}: is a directory, not a workflow file")]) from None
-    except PermissionError:
-        raise WorkflowError([Issue(kind="invalid_file", found=str(p), message=f"{p}: permission denied")]) from None
+    raw = read_workflow_bytes(p)
     if raw.startswith(PNG_MAGIC):
         return parse_json_text(_png_workflow_text(p), f"{p} (embedded workflow)")
     try:

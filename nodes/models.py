@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Literal
 import torch
 
 from nodegraph import RunContext, node, rename_mapping
-from nodegraph.cache import default_cache_dir, parse_size
+from nodegraph.settings import active_settings
 from nodes.memory import (
     QUANTIZED_COMPONENTS,
     Attention,
@@ -90,13 +89,11 @@ class ModelManager:
     """Loaded components, one copy per process, kept under an optional memory budget.
 
     Components are keyed by (content fingerprint, component, dtype, device, options). With a budget
-    (``NODEGRAPH_MODEL_BUDGET``, e.g. ``6GiB``), loading a component first unloads the least recently
+    (``EngineSettings.model_budget_bytes``; the CLI reads ``NODEGRAPH_MODEL_BUDGET``, e.g. ``6GiB``), loading a component first unloads the least recently
     used others until it fits. With ``offload='model'`` only the component in use stays on the GPU.
     """
 
     def __init__(self, budget_bytes: int | None = None) -> None:
-        if budget_bytes is None and os.environ.get("NODEGRAPH_MODEL_BUDGET"):
-            budget_bytes = parse_size(os.environ["NODEGRAPH_MODEL_BUDGET"])
         self.budget_bytes = budget_bytes
         self._loaded: OrderedDict[tuple[Any, ...], tuple[Any, int, Any]] = OrderedDict()
         self.unloaded: list[str] = []
@@ -143,7 +140,7 @@ class ModelManager:
 
 
 def manager(ctx: RunContext) -> ModelManager:
-    return ctx.resource(ModelManager)
+    return ctx.resource(ModelManager, lambda: ModelManager(ctx.settings.model_budget_bytes))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -209,7 +206,7 @@ def load_component(ref: ModelRef, component: str) -> Any:
     kept = None
     if component == "unet" and quantize in ("int8", "fp8"):
         # The UNet's quantized weights are kept on disk, so a later load never holds the full-precision copy.
-        kept = default_cache_dir() / "quantized" / f"{ref.source.fingerprint}-unet-{ref.dtype}-{quantize}"
+        kept = active_settings().state_root / "quantized" / f"{ref.source.fingerprint}-unet-{ref.dtype}-{quantize}"
         from accelerate import init_empty_weights
 
         with init_empty_weights():

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from nodegraph.cache import default_cache_dir
+from nodegraph.settings import active_settings
 from nodes.sources import ModelSource, SourceError
 
 logger = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def convert_single_file(src: ModelSource, config: ModelSource | None = None) -> 
     from diffusers import AutoencoderKL, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
 
     name = src.fingerprint if config is None else f"{src.fingerprint}-{config.fingerprint[:16]}"
-    target = default_cache_dir() / "converted" / name
+    target = active_settings().state_root / "converted" / name
     fingerprint = src.fingerprint if config is None else name
     if (target / "model_index.json").is_file():
         return ModelSource(str(target), "diffusers", fingerprint)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from nodegraph.cache import default_cache_dir
 from nodegraph.files import atomic_write_bytes
 from nodegraph.keys import file_fingerprint
+from nodegraph.settings import active_settings
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def resolve_path(source: str, variant: str | None = None) -> tuple[Path, Literal
         if name not in BUILTINS:
             raise SourceError(f"unknown built-in model {source!r}; built-ins: "
                               f"{', '.join('builtin:' + b for b in BUILTINS)}")
-        folder = default_cache_dir() / "models" / f"{name}-v{BUILD_VERSION}"
+        folder = active_settings().state_root / "models" / f"{name}-v{BUILD_VERSION}"
         if not (folder / "model_index.json").is_file():
             logger.info("building %s into %s (random weights)", source, folder)
             make_tiny_model(folder, in_channels=BUILTINS[name])
@@ -131,7 +131,7 @@ def fingerprint(path: Path, kind: str, variant: str | None = None) -> str:
 
     Paths do not enter it, so the same weights at another path or on another machine give the same key.
     """
-    memo_dir = default_cache_dir() / "fingerprints"
+    memo_dir = active_settings().state_root / "fingerprints"
     h = hashlib.blake2b(digest_size=20)
     if kind == "single_file":
         h.update(_file_digest(path, memo_dir).encode())

@@ -139,3 +139,105 @@ def test_engine_imports_without_torch():
             "assert 'torch' not in sys.modules and 'nodes' not in sys.modules, sorted(sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_bad_output_dir_fails_before_anything_runs(tmp_path, capsys, calls):
+    wf = write(tmp_path / "wf.json", TOY)
+    (tmp_path / "afile").write_text("x")
+    assert main(["run", str(wf), "--quiet", "--no-cache", "--output-dir", str(tmp_path / "afile")]) == 2
+    assert "not a directory" in capsys.readouterr().err and calls == []
+    if os.geteuid() != 0:  # root may write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        assert main(["run", str(wf), "--quiet", "--no-cache", "--output-dir", str(ro / "out")]) == 2
+        assert "not writable" in capsys.readouterr().err and calls == []
+
+
+def test_report_is_written_for_validation_failures_and_a_directory_is_a_clean_error(tmp_path, capsys):
+    bad = write(tmp_path / "bad.json", {"version": 1, "nodes": {"a": {"type": "Zap"}}})
+    assert main(["run", str(bad), "--report", str(tmp_path / "r.json")]) == 2
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["ok"] is False and report["issues"][0]["kind"] == "unknown_node_type"
+    wf = write(tmp_path / "wf.json", TOY)
+    assert main(["run", str(wf), "--report", str(tmp_path), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory" in err and "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("size", ["inf", "nan", "-1", "1e999GiB", "lots"])
+def test_non_finite_cache_size_is_a_usage_error(tmp_path, capsys, size):
+    wf = write(tmp_path / "wf.json", TOY)
+    assert main(["run", str(wf), "--cache-size", size, "--output-dir", str(tmp_path / "o")]) == 2
+    assert "cannot read size" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("target, expect", [("/dev/zero", "not a regular file"), ("DIR", "is a directory"),
+                                            ("BIG", "too large")])
+def test_special_huge_and_directory_workflow_files_are_refused(tmp_path, capsys, target, expect):
+    if target == "DIR":
+        target = str(tmp_path)
+    elif target == "BIG":
+        big = tmp_path / "big.json"
+        with open(big, "wb") as f:
+            f.truncate(64 * 1024 * 1024)  # sparse: no real disk used
+        target = str(big)
+    assert main(["validate", target]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and "Traceback" not in err
+
+
+def test_closed_pipe_exits_quietly(tmp_path):
+    root = str(Path(__file__).resolve().parent.parent)
+    for command in (["schema"], ["nodes", "--json"]):
+        proc = subprocess.Popen([sys.executable, "-c", RUNNER.format(root=root), *command], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        proc.stdout.read(10)
+        proc.stdout.close()  # like `| head -c 10`
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 0 and "Traceback" not in err and "Exception" not in err, err
+
+
+def test_second_ctrl_c_exits_130_at_once(tmp_path):
+    data = json.loads(json.dumps(TOY))
+    data["nodes"]["c"] = {"type": "Stubborn", "inputs": {"n": ["n", "value"], "seconds": 60}}
+    wf = write(tmp_path / "wf.json", data)
+    root = str(Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER.format(root=root), "run", str(wf), "--no-cache",
+                             "--output-dir", "out"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and "Stubborn" not in "".join(seen):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    while time.time() < deadline and "Ctrl-C again" not in "".join(seen):
+        time.sleep(0.05)
+    started = time.time()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 130, "".join(seen)
+    assert time.time() - started < 10  # did not wait for the 60 s node
+    assert not (tmp_path / "out").exists()
+
+
+def test_tqdm_bar_draws_its_first_line_once(tmp_path, capsys):
+    from nodegraph import Engine, Graph
+    from nodegraph.cli import TqdmListener
+
+    g = Graph()
+    c = g.add("Count", id="c", n=g.add("Number", id="n", value=1).value, steps=5)
+    g.add("WriteText", id="w", text=g.add("Format", id="f", n=c.value).text)
+    Engine().run(g, output_dir=tmp_path, listener=TqdmListener())
+    err = capsys.readouterr().err
+    assert err.count("0/5") == 1 and "5/5" in err
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys, calls):
+    wf = write(tmp_path / "wf.json", TOY)
+    assert main(["run", str(wf), "--dry-run", "--no-cache", "--output-dir", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "c Count: execute" in out and "w WriteText: execute" in out and calls == []
+    assert main(["run", str(wf), "--dry-run", "--json", "--no-cache", "--output-dir", str(tmp_path / "o")]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["nodes"]["c"]["action"] == "execute" and not (tmp_path / "o").exists()

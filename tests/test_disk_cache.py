@@ -156,14 +156,89 @@ def test_parse_size():
 
 def test_runs_that_add_nothing_do_not_scan_the_cache(tmp_path, monkeypatch):
     from nodegraph import Engine
+    from nodegraph.settings import EngineSettings
     from tests.test_executor import chain
 
-    disk = DiskCache(tmp_path / "cache")
-    Engine(disk=disk).run(chain(), output_dir=tmp_path)
-    assert disk.wrote is False  # pruned after the run that wrote, which resets it
+    settings = EngineSettings(cache_dir=tmp_path / "cache")
+    engine = Engine(settings)
+    engine.run(chain(), output_dir=tmp_path)
+    assert engine.disk is not None and engine.disk.wrote is False  # pruned after the run that wrote: reset
     scans = []
     monkeypatch.setattr(DiskCache, "prune", lambda self, *a, **k: scans.append(1) or 0)
-    Engine(disk=DiskCache(tmp_path / "cache")).run(chain(), output_dir=tmp_path)  # everything from disk
+    Engine(settings).run(chain(), output_dir=tmp_path)  # everything from disk
     assert scans == []
-    Engine(disk=DiskCache(tmp_path / "cache")).run(chain(value=8), output_dir=tmp_path)  # writes new entries
+    Engine(settings).run(chain(value=8), output_dir=tmp_path)  # writes new entries
     assert scans == [1]
+
+
+def test_an_entry_under_another_keys_name_is_refused_and_dropped(tmp_path):
+    disk = DiskCache(tmp_path)
+    other = "ab" + "1" * 38
+    disk.put(KEY, {"v": 1})
+    disk.put(other, {"v": 2})
+    disk.path(KEY).write_bytes(disk.path(other).read_bytes())  # well-formed, checksum-valid, wrong key
+    assert disk.get(KEY) == (False, None) and not disk.path(KEY).exists()
+    assert disk.get(other) == (True, {"v": 2})
+
+
+@pytest.mark.parametrize("damage", ["future", "old-format", "foreign", "empty", "header-only"])
+def test_foreign_future_and_empty_entries_are_misses(tmp_path, damage):
+    from nodegraph.codec import MAGIC
+
+    disk = DiskCache(tmp_path)
+    disk.put(KEY, {"v": 1})
+    data = disk.path(KEY).read_bytes()
+    bad = {"future": b"NGC9" + data[4:], "old-format": b"NGC1" + data[4:], "foreign": b"PK\x03\x04" + data,
+           "empty": b"", "header-only": data[:len(MAGIC) + 32]}[damage]
+    disk.path(KEY).write_bytes(bad)
+    assert disk.get(KEY) == (False, None) and not disk.path(KEY).exists()
+
+
+def test_memory_and_disk_tiers_answer_in_the_same_shape(tmp_path):
+    for store in (MemoryCache(10**6), DiskCache(tmp_path)):
+        assert store.get(KEY) == (False, None) and not store.contains(KEY)
+        assert store.put(KEY, {"v": 3}) is True
+        assert store.get(KEY) == (True, {"v": 3}) and store.contains(KEY)
+
+
+SALTED_RUN = ("import sys; sys.path.insert(0, {root!r}); import tests.toy_nodes; from nodegraph import REGISTRY; "
+              "object.__setattr__(REGISTRY.get('Add'), 'salt', sys.argv[1]); from nodegraph.cli import main; "
+              "sys.exit(main(sys.argv[2:]))")
+
+
+def test_a_changed_salt_misses_and_an_unchanged_one_hits_across_processes(tmp_path):
+    import json
+    import subprocess
+    from pathlib import Path
+
+    wf = tmp_path / "wf.json"
+    wf.write_text(json.dumps({"version": 1, "nodes": {
+        "n": {"type": "Number", "inputs": {"value": 2}},
+        "s": {"type": "Add", "inputs": {"a": ["n", "value"], "b": 1}},
+        "w": {"type": "WriteText", "inputs": {"text": ["f", "text"]}},
+        "f": {"type": "Format", "inputs": {"n": ["s", "sum"], "style": "brackets"}}}}))
+    root = str(Path(__file__).resolve().parent.parent)
+
+    def run(salt: str, style: str) -> dict:
+        args = ["run", str(wf), "--quiet", "--output-dir", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"),
+                "--report", str(tmp_path / "r.json"), "--set", f'f.style="{style}"']
+        proc = subprocess.run([sys.executable, "-c", SALTED_RUN.format(root=root), salt, *args],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads((tmp_path / "r.json").read_text())["nodes"]["s"]
+
+    assert run("torch=2.13|pack=1", "plain")["status"] == "executed"
+    assert run("torch=2.13|pack=1", "brackets")["cache"] == "disk"  # unchanged salt: served from disk
+    assert run("torch=2.14|pack=1", "plain")["status"] == "executed"  # a library upgrade: recomputed
+
+
+def test_cache_entries_respect_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        disk = DiskCache(tmp_path)
+        disk.put(KEY, {"v": 1})
+        assert disk.path(KEY).stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

@@ -35,3 +35,31 @@ def test_atomic_write_replaces_whole(tmp_path):
     atomic_write_bytes(target, b"a" * 10)
     atomic_write_bytes(target, b"b" * 5)
     assert target.read_bytes() == b"bbbbb" and [p.name for p in target.parent.iterdir()] == ["f.bin"]
+
+
+def test_written_files_respect_the_umask(tmp_path):
+    from nodegraph.files import _umask  # mkstemp alone would give 0600 whatever the umask
+
+    mode = 0o666 & ~_umask()
+    atomic_write_bytes(tmp_path / "a.bin", b"x")
+    numbered = write_numbered(tmp_path, "img", ".png", b"y")
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == mode == numbered.stat().st_mode & 0o777
+
+
+def test_atomic_folder_appears_whole_or_not_at_all(tmp_path):
+    import pytest
+
+    from nodegraph.files import atomic_folder
+
+    with atomic_folder(tmp_path / "model") as work:
+        (work / "a.txt").write_text("a")
+        assert not (tmp_path / "model").exists()
+    assert (tmp_path / "model" / "a.txt").read_text() == "a"
+    with pytest.raises(RuntimeError), atomic_folder(tmp_path / "broken") as work:
+        (work / "half").write_text("h")
+        raise RuntimeError("killed mid-build")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing half-built, no temp folder left
+    with atomic_folder(tmp_path / "model") as work:  # another process finished first: theirs is kept
+        (work / "b.txt").write_text("b")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["a.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
