@@ -25,6 +25,7 @@ from pydantic import Field
 from nodegraph import ComfyMapping, RunContext, node, rename_mapping
 from nodes.models import UNetHandle, manager
 from nodes.payloads import Conditioning, Latent
+from nodes.preview import latent_preview
 from nodes.schedulers import (
     COMPUTED_SCHEDULES,
     BetaSchedule,
@@ -496,13 +497,17 @@ def Sample(
         final_sigma = float(sigmas[-1]) if sigmas is not None else 0.0
         on_step = _blend_callback(sched, image_latents, noise, mask, visited, final_sigma)
 
+    max_size = ctx.previews.max_size if ctx.previews is not None else 512
     progress = ctx.progress(len(visited))
     with torch.no_grad():
         for i, t in enumerate(visited):
-            latents = sched.step(denoise(latents, t), t, latents, **step_kwargs, return_dict=False)[0]
+            out = sched.step(denoise(latents, t), t, latents, **step_kwargs, return_dict=False)
+            latents = out[0]
             if on_step is not None:
                 latents = on_step(i, latents)
-            progress.update()
+            # The scheduler's estimate of the clean latents when it gives one (Euler, DDIM...), else the latents.
+            shown = out[1] if len(out) > 1 and isinstance(out[1], torch.Tensor) else latents
+            progress.update(1, preview=lambda shown=shown: latent_preview(shown, max_size))
     return latent.replace(samples=latents.float().contiguous(), empty=False)
 
 
