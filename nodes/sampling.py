@@ -17,6 +17,7 @@ import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -507,7 +508,7 @@ def Sample(
                 latents = on_step(i, latents)
             # The scheduler's estimate of the clean latents when it gives one (Euler, DDIM...), else the latents.
             shown = out[1] if len(out) > 1 and isinstance(out[1], torch.Tensor) else latents
-            progress.update(1, preview=lambda shown=shown: latent_preview(shown, max_size))
+            progress.update(1, preview=partial(latent_preview, shown, max_size))
     return latent.replace(samples=latents.float().contiguous(), empty=False)
 
 
