@@ -432,7 +432,7 @@ def Sample(
     device, dtype = torch.device(unet.ref.device), unet.ref.torch_dtype
     named = "normal" if sigmas is not None or timesteps is not None else scheduler
     sched = make_scheduler(sampler, named if named not in COMPUTED_SCHEDULES else "normal", unet.scheduler_config,
-                           beta_schedule)
+                           beta_schedule, seed=seed)
     visited = set_schedule(sched, sampler, scheduler, steps, strength, denoising_start, denoising_end, sigmas,
                            timesteps, beta_schedule, device)
     if len(visited) < 1:

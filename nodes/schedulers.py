@@ -180,10 +180,12 @@ def sampler_class(name: str) -> tuple[type, dict[str, Any]]:
 
 
 def make_scheduler(sampler: str, schedule: str, base_config: str | Mapping[str, Any],
-                   beta_schedule: BetaSchedule = "model") -> Any:
+                   beta_schedule: BetaSchedule = "model", seed: int | None = None) -> Any:
     """A fresh scheduler for one run, from the model's config with the sampler's and schedule's options.
 
-    Computed schedules (``COMPUTED_SCHEDULES``) need explicit sigmas on top: see ``nodes.schedules``.
+    seed: for schedulers that draw their own noise from a seed (DPMSolverSDE's Brownian tree: one tree for
+    the whole batch) -- without it they are not reproducible. Computed schedules (``COMPUTED_SCHEDULES``)
+    need explicit sigmas on top: see ``nodes.schedules``.
     """
     problem = combination_problem(sampler, schedule)
     if problem:
@@ -195,6 +197,8 @@ def make_scheduler(sampler: str, schedule: str, base_config: str | Mapping[str, 
         if flag in accepted:
             overrides[flag] = False
     overrides.update(FLAG_SCHEDULES.get(schedule, {}))
+    if seed is not None and "noise_sampler_seed" in accepted:
+        overrides["noise_sampler_seed"] = seed
     if beta_schedule != "model":
         overrides["beta_schedule"] = beta_schedule
     return cls.from_config(config, **overrides)  # type: ignore[attr-defined]

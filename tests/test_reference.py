@@ -14,7 +14,7 @@ from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl
 from PIL import Image
 
 from nodegraph import Engine
-from nodes.schedulers import BUILTIN_SAMPLERS, COMPUTED_SCHEDULES, make_scheduler
+from nodes.schedulers import BUILTIN_SAMPLERS, COMPUTED_SCHEDULES, FLAG_SCHEDULES, combination_problem, make_scheduler
 from nodes.schedules import computed_schedule, sigmas_to_timesteps
 from tests.sdxl_graphs import DEMO_IMAGE, DEMO_MASK, inpaint_graph
 
@@ -46,7 +46,7 @@ def reference(tiny_models, channels: int, *, prompt="a red apple", prompt_2=None
               scheduler="normal", strength=0.9999, denoising_start=None, denoising_end=None,
               image=None, output_type="np", masked_image_latents=None, sigmas=None, timesteps=None):
     pipe, scheduler_config = pipeline(tiny_models, channels)
-    pipe.scheduler = make_scheduler(sampler, scheduler, scheduler_config)
+    pipe.scheduler = make_scheduler(sampler, scheduler, scheduler_config, seed=seed)
     init = Image.open(DEMO_IMAGE).convert("RGB")
     mask = Image.open(DEMO_MASK).convert("L")
     return pipe(prompt=prompt, prompt_2=prompt_2, negative_prompt=negative, image=init if image is None else image,
@@ -90,6 +90,22 @@ def test_graph_matches_pipeline(tiny_models, tmp_path, posterior_mode, channels,
     expected = reference(tiny_models, channels, **options)
     got = graph_images(tiny_models, channels, tmp_path, **options)
     assert got.shape == expected.shape
+    assert float(np.abs(got.numpy() - expected).max()) <= TOL
+
+
+FLAG_CASES = [
+    pytest.param(sampler, schedule, id=f"9ch-{sampler}-{schedule}")
+    for schedule in FLAG_SCHEDULES for sampler in BUILTIN_SAMPLERS
+    if combination_problem(sampler, schedule) is None and (sampler, schedule) != ("euler", "normal")
+]
+
+
+@pytest.mark.parametrize("sampler, schedule", FLAG_CASES)
+def test_every_sampler_with_every_named_schedule_it_takes_matches_pipeline(tiny_models, tmp_path, posterior_mode,
+                                                                           sampler, schedule):
+    options = {"sampler": sampler, "scheduler": schedule, "steps": 4, "negative": "blurry"}
+    expected = reference(tiny_models, 9, **options)
+    got = graph_images(tiny_models, 9, tmp_path, **options)
     assert float(np.abs(got.numpy() - expected).max()) <= TOL
 
 
