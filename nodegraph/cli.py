@@ -260,7 +260,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
             for k in ("choices", "minimum", "maximum"):
                 if k in info:
                     extra.append(f"{k}={info[k]}")
-            print(f"    in  {name}: {info['type']}" + (f" ({', '.join(extra)})" if extra else ""))
+            print(f"    in  {name}: {info['type']}" + (f" ({', '.join(extra)})" if extra else "")
+                  + (f"  -- {info['description']}" if info.get("description") else ""))
         for name, socket in d["outputs"].items():
             print(f"    out {name}: {socket}")
     return EXIT_OK

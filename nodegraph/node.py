@@ -3,34 +3,39 @@
 A node is one typed Python function. Its signature is the single source of truth for validation, the
 ``nodes`` listing, the JSON schema and the docs:
 
-    @node(category="conditioning", version=1, outputs={"conditioning": Conditioning})
-    def EncodePrompt(clip: Clip, prompt: str, prompt_2: str | None = None) -> Conditioning: ...
+    @node(category="conditioning", cache=PERSIST)
+    def EncodePrompt(clip: ClipHandle, prompt: Annotated[str, Field(description="what to draw")]) -> Conditioning:
 
 Inputs annotated with a socket type are links; everything else is a literal validated by pydantic
-(``Annotated[int, Field(ge=1)]`` for ranges, ``Literal[...]`` for choices). A parameter annotated with
-``RunContext`` receives the run's context (progress, cancellation, model loading) and is not an input.
+(``Annotated[int, Field(ge=1)]`` for ranges, ``Literal[...]`` for choices). ``Field(description=...)``
+describes an input. A parameter annotated with ``RunContext`` receives the run's context (progress,
+cancellation, model loading, settings) and is not an input. The return annotation declares the outputs:
+one socket type, or a ``NamedTuple`` of them. docs/writing-nodes.md has a whole node pack.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
+from pydantic.fields import FieldInfo
 
-from nodegraph.types import is_optional, primitive_of, socket_of, takes_literal
+from nodegraph.types import file_role_of, is_optional, primitive_of, socket_of, strip_optional, takes_literal
 
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "nodegraph.nodes"
 SAMPLER_ENTRY_POINT_GROUP = "nodegraph.samplers"
 _MISSING = inspect.Parameter.empty
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class InputSpec:
     default: Any
     annotation: Any
     adapter: TypeAdapter[Any] | None = field(default=None, compare=False, repr=False)
+    description: str = ""  # from ``Field(description=...)`` in the annotation; shown in listings and schemas
 
     def validate(self, value: Any) -> Any:
         """The validated, normalised literal (raises ValueError with pydantic's reason)."""
@@ -61,9 +67,14 @@ class InputSpec:
         out: dict[str, Any] = {"type": self.socket or "*", "required": self.required}
         if not self.required:
             out["default"] = self.default
+        if self.description:
+            out["description"] = self.description
+        role = file_role_of(self.annotation)
+        if role is not None:
+            out["file"] = "model" if role.hub_ok else role.access
         if self.adapter is not None:
             schema = self.adapter.json_schema()
-            for key in ("enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "description"):
+            for key in ("enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
                 if key in schema:
                     out[{"enum": "choices"}.get(key, key)] = schema[key]
             if "anyOf" in schema:
@@ -74,6 +85,17 @@ class InputSpec:
         else:
             out["link_only"] = True
         return out
+
+
+def description_of(annotation: Any) -> str:
+    """The ``description`` of a pydantic ``Field`` inside an ``Annotated`` (Optional and nesting allowed)."""
+    annotation = strip_optional(annotation)
+    if typing.get_origin(annotation) is not typing.Annotated:
+        return ""
+    for extra in reversed(annotation.__metadata__):  # the outermost description wins
+        if isinstance(extra, FieldInfo) and extra.description:
+            return extra.description
+    return description_of(typing.get_args(annotation)[0])
 
 
 @dataclass(frozen=True)
@@ -106,6 +128,46 @@ def rename_mapping(
     return ComfyMapping(class_type, expand, tuple(("", o) for o in outputs))
 
 
+Hook = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """How the engine may reuse a node's outputs: one object instead of four interacting flags.
+
+    memory: outputs may be served from the in-process memory tier (False: the node runs every time it is
+        demanded -- cheap nodes whose outputs name local state, such as model handles).
+    disk: outputs may be written to and served from the persistent disk tier (encodings, latents, images;
+        never handles).
+    fingerprint: ``fingerprint(**literal_inputs)`` -> something msgpack-able naming the external content
+        the node reads (a file digest), so the cache key changes when that content changes.
+    content_inputs: literal inputs (paths) left out of the cache key because ``fingerprint`` covers what
+        they point to: the same file content at another path, or on another machine, gives the same key.
+
+    Presets: ``MEMORY`` (the default), ``PERSIST`` (memory and disk), ``ALWAYS_RUN``, and
+    ``CachePolicy.reads(fingerprint, "path")`` for nodes that read a file named by an input.
+    """
+
+    memory: bool = True
+    disk: bool = False
+    fingerprint: Hook | None = None
+    content_inputs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.content_inputs and self.fingerprint is None:
+            raise TypeError("CachePolicy: content_inputs need a fingerprint that covers their content")
+
+    @classmethod
+    def reads(cls, fingerprint: Hook, *content_inputs: str, memory: bool = True, disk: bool = False) -> CachePolicy:
+        """A source node: keyed by ``fingerprint``'s digest of what ``content_inputs`` point to, not the paths."""
+        return cls(memory=memory, disk=disk, fingerprint=fingerprint, content_inputs=tuple(content_inputs))
+
+
+MEMORY = CachePolicy()
+PERSIST = CachePolicy(disk=True)
+ALWAYS_RUN = CachePolicy(memory=False)
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """Everything the engine knows about one node type."""
@@ -118,13 +180,35 @@ class NodeSpec:
     outputs: dict[str, str]
     doc: str
     is_output: bool
-    persist: bool
     context_param: str | None
-    fingerprint: Callable[..., Any] | None = None
+    cache: CachePolicy = MEMORY
     comfy: tuple[ComfyMapping, ...] = ()
     check: Callable[..., list[tuple[str | None, str]]] | None = None
-    content_inputs: tuple[str, ...] = ()
-    always_run: bool = False
+    depends: tuple[str, ...] = ()
+
+    # Read-only views of ``cache`` for the executor (kept until it reads ``cache`` directly).
+    @property
+    def persist(self) -> bool:
+        return self.cache.disk
+
+    @property
+    def always_run(self) -> bool:
+        return not self.cache.memory
+
+    @property
+    def fingerprint(self) -> Hook | None:
+        return self.cache.fingerprint
+
+    @property
+    def content_inputs(self) -> tuple[str, ...]:
+        return self.cache.content_inputs
+
+    @property
+    def salt(self) -> str:
+        """What persisted keys must include besides ``version``: the node pack's version and the major.minor
+        of each library the node depends on, so an upgrade that changes the numbers misses old entries.
+        Read from installed metadata (nothing is imported), memoised per process."""
+        return environment_salt(self.fn.__module__.split(".")[0], self.depends)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -133,11 +217,39 @@ class NodeSpec:
             "version": self.version,
             "doc": self.doc,
             "output_node": self.is_output,
-            "persist": self.persist,
+            "persist": self.cache.disk,
             "inputs": {name: spec.describe() for name, spec in self.inputs.items()},
             "outputs": dict(self.outputs),
+            "depends": list(self.depends),
             "comfyui": sorted(m.class_type for m in self.comfy),
         }
+
+
+@functools.cache
+def _distributions_of(top_level: str) -> tuple[str, ...]:
+    return tuple(metadata.packages_distributions().get(top_level, ()))
+
+
+@functools.cache
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _major_minor(version: str | None) -> str:
+    if version is None:
+        return "none"
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+@functools.cache
+def environment_salt(top_level_package: str, depends: tuple[str, ...]) -> str:
+    """``pack=<version>`` (the distribution that ships the package, else "0") and ``lib=<major.minor>``."""
+    pack = next((v for d in _distributions_of(top_level_package) if (v := _version(d)) is not None), "0")
+    parts = [f"{top_level_package}={pack}"] + [f"{lib}={_major_minor(_version(lib))}" for lib in sorted(depends)]
+    return ";".join(parts)
 
 
 @dataclass(frozen=True)
@@ -234,39 +346,108 @@ def node(
     *,
     category: str,
     version: int = 1,
-    outputs: Mapping[str, Any] | None = None,
     output: bool = False,
-    persist: bool = False,
-    fingerprint: Callable[..., Any] | None = None,
-    comfy: tuple[ComfyMapping, ...] | ComfyMapping = (),
+    cache: CachePolicy | None = None,
     check: Callable[..., list[tuple[str | None, str]]] | None = None,
-    content_inputs: tuple[str, ...] = (),
-    always_run: bool = False,
+    depends: tuple[str, ...] | None = None,
+    comfy: tuple[ComfyMapping, ...] | ComfyMapping = (),
     name: str | None = None,
     registry: Registry | None = None,
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    # Legacy spellings, accepted until nodes/sampling.py is converted; use the return annotation and cache=.
+    outputs: Mapping[str, Any] | None = None,
+    persist: bool | None = None,
+    fingerprint: Hook | None = None,
+    content_inputs: tuple[str, ...] | None = None,
+    always_run: bool | None = None,
+) -> Callable[[F], F]:
     """Declare a function as a node type and register it.
 
-    outputs: ``{name: socket annotation}`` in order; defaults to the return annotation, named after its
-        socket type in lower case. Output nodes (``output=True``) return the list of files they wrote.
-    persist: whether outputs may be written to the disk cache (encodings and latents: yes; handles: no).
-    fingerprint: ``fingerprint(**literal_inputs)`` -> something msgpack-able naming the external content
-        a source node reads (a file digest), so the cache key changes when that content changes.
+    Outputs come from the return annotation: a socket type (``-> Image``, ``-> Latent``) is one output
+    named after the socket in lower case; a ``typing.NamedTuple`` declares several (or one renamed) outputs,
+    its field names being the output names and its field annotations their sockets. Output nodes
+    (``output=True``) return the list of files they wrote (``-> list[str]``).
+    cache: a ``CachePolicy`` (default ``MEMORY``; ``PERSIST`` for outputs worth keeping on disk).
     check: ``check(**literal_inputs)`` -> ``[(input name or None, message)]`` for combinations of values
         that are each valid but cannot work together; reported at validation time, before anything runs.
-    content_inputs: literal inputs (paths) left out of the cache key because ``fingerprint`` covers what
-        they point to: the same file content at another path, or on another machine, gives the same key.
-    always_run: never serve this node from the memory tier (cheap nodes whose outputs name local paths).
+    depends: the distributions whose upgrade may change this node's numbers (``("torch", "diffusers")``);
+        defaults to the module's ``NODE_DEPENDS``. Their major.minor goes into the persistent cache key.
+    Hook signatures are checked here: their parameters must be literal inputs of the node, and a hook that
+    does not take them all needs ``**_``.
     """
+    legacy = {"persist": persist, "fingerprint": fingerprint, "content_inputs": content_inputs,
+              "always_run": always_run}
+    if any(v is not None for v in legacy.values()):
+        if cache is not None:
+            raise TypeError("give either cache= or the legacy persist/fingerprint/content_inputs/always_run")
+        cache = CachePolicy(memory=not always_run, disk=bool(persist), fingerprint=fingerprint,
+                            content_inputs=tuple(content_inputs or ()))
 
-    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        spec = _build_spec(fn, name or fn.__name__, category, version, outputs, output, persist, fingerprint, comfy,
-                           check, content_inputs, always_run)
+    def register(fn: F) -> F:
+        spec = _build_spec(fn, name or fn.__name__, category, version, outputs, output, cache or MEMORY, comfy,
+                           check, depends)
         (registry or REGISTRY).add(spec)
         fn.__node_spec__ = spec  # type: ignore[attr-defined]
         return fn
 
     return register
+
+
+def _is_named_tuple(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, tuple) and hasattr(annotation, "_fields")
+
+
+def _socket_name(annotation: Any) -> str | None:
+    return annotation if isinstance(annotation, str) else socket_of(annotation) or primitive_of(annotation)
+
+
+def _declared_outputs(name: str, ret: Any, is_output: bool) -> dict[str, str]:
+    """``{output name: socket}`` from a return annotation."""
+    if ret is None or ret is type(None):
+        return {}
+    if _is_named_tuple(ret):
+        fields = typing.get_type_hints(ret, include_extras=True)
+        out: dict[str, str] = {}
+        for field_name in ret._fields:
+            socket = _socket_name(fields.get(field_name, Any))
+            if socket is None:
+                raise TypeError(f"{name}: output {field_name!r} of {ret.__name__} has no socket type "
+                                f"(annotate it with a socket class or alias, or int/float/str/bool)")
+            out[field_name] = socket
+        return out
+    socket = _socket_name(ret)
+    if socket is None:
+        if is_output:
+            return {}  # an output node's list of written files is not an output socket
+        raise TypeError(f"{name}: the return annotation {ret!r} names no socket type; annotate it with a socket "
+                        "class or alias (-> Image), a primitive, or a NamedTuple of them for several outputs")
+    return {socket.lower(): socket}
+
+
+def _check_hook(name: str, role: str, hook: Hook, inputs: Mapping[str, InputSpec]) -> None:
+    """A hook is called with every literal input as a keyword: its parameters must match, at import time."""
+    if not callable(hook):
+        raise TypeError(f"{name}: {role} must be callable, got {hook!r}")
+    try:
+        params = list(inspect.signature(hook).parameters.values())
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: nothing to check
+    literals = {n for n, spec in inputs.items() if not spec.is_link_only}
+    takes_rest = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    named: set[str] = set()
+    for p in params:
+        if p.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL):
+            continue
+        if p.kind is inspect.Parameter.POSITIONAL_ONLY:
+            raise TypeError(f"{name}: {role} parameter {p.name!r} is positional-only; hooks get keywords")
+        if p.name not in inputs:
+            raise TypeError(f"{name}: {role} parameter {p.name!r} is not an input of the node "
+                            f"(literal inputs: {sorted(literals)})")
+        if p.name not in literals:
+            raise TypeError(f"{name}: {role} parameter {p.name!r} is a link input; hooks get literal inputs only")
+        named.add(p.name)
+    if not takes_rest and literals - named:
+        raise TypeError(f"{name}: {role} does not accept the literal inputs {sorted(literals - named)}; "
+                        "add them or a **_ parameter")
 
 
 def _build_spec(
@@ -276,16 +457,18 @@ def _build_spec(
     version: int,
     outputs: Mapping[str, Any] | None,
     is_output: bool,
-    persist: bool,
-    fingerprint: Callable[..., Any] | None,
+    cache: CachePolicy,
     comfy: tuple[ComfyMapping, ...] | ComfyMapping,
     check: Callable[..., list[tuple[str | None, str]]] | None,
-    content_inputs: tuple[str, ...],
-    always_run: bool,
+    depends: tuple[str, ...] | None,
 ) -> NodeSpec:
     from nodegraph.context import RunContext
 
-    hints = typing.get_type_hints(fn, include_extras=True)
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except NameError as exc:
+        raise TypeError(f"{name}: an annotation cannot be resolved at import ({exc}); node signatures must use "
+                        "names importable without torch (socket aliases such as nodes.payloads.Image)") from None
     inputs: dict[str, InputSpec] = {}
     context_param = None
     for param in inspect.signature(fn).parameters.values():
@@ -296,11 +479,13 @@ def _build_spec(
         socket = socket_of(annotation)
         required = param.default is _MISSING
         default = None if required else param.default
+        description = description_of(annotation)
         if socket is not None and not takes_literal(annotation):
-            inputs[param.name] = InputSpec(param.name, socket, True, required, default, annotation)
-        elif socket is not None:
+            inputs[param.name] = InputSpec(param.name, socket, True, required, default, annotation,
+                                           description=description)
+        elif socket is not None:  # a socket that also takes a literal (a SIGMAS list written out)
             inputs[param.name] = InputSpec(param.name, socket, False, required, default, annotation,
-                                           TypeAdapter(annotation))
+                                           TypeAdapter(annotation), description=description)
         else:
             adapter: TypeAdapter[Any] = TypeAdapter(annotation)
             if not required and default is not None:
@@ -308,29 +493,44 @@ def _build_spec(
             if not required and default is None and not is_optional(annotation):
                 raise TypeError(f"{name}.{param.name}: default None needs an Optional annotation")
             inputs[param.name] = InputSpec(
-                param.name, primitive_of(annotation), False, required, default, annotation, adapter
+                param.name, primitive_of(annotation), False, required, default, annotation, adapter, description
             )
     if outputs is None:
+        out_types = _declared_outputs(name, hints.get("return"), is_output)
         ret = hints.get("return")
-        socket = socket_of(ret) if ret is not None else None
-        out_types = {socket.lower(): socket} if socket else {}
+        if _is_named_tuple(ret) and len(out_types) == 1:
+            fn = _unwrap_single(fn)
     else:
         out_types = {}
         for out_name, ann in outputs.items():
-            socket = ann if isinstance(ann, str) else socket_of(ann) or primitive_of(ann)
+            socket = _socket_name(ann)
             if socket is None:
                 raise TypeError(f"{name}: output {out_name!r} has no socket type")
             out_types[out_name] = socket
-    if content_inputs and fingerprint is None:
-        raise TypeError(f"{name}: content_inputs need a fingerprint that covers their content")
-    unknown = set(content_inputs) - set(inputs)
+    if is_output and out_types:
+        raise TypeError(f"{name}: an output node returns the files it wrote (-> list[str]), not sockets")
+    unknown = set(cache.content_inputs) - set(inputs)
     if unknown:
         raise TypeError(f"{name}: content_inputs {sorted(unknown)} are not inputs")
+    if cache.fingerprint is not None:
+        _check_hook(name, "fingerprint", cache.fingerprint, inputs)
+    if check is not None:
+        _check_hook(name, "check", check, inputs)
     if not out_types and not is_output:
         raise TypeError(f"{name}: a node without outputs must be declared output=True")
+    if depends is None:
+        depends = tuple(getattr(fn, "__globals__", {}).get("NODE_DEPENDS", ()))
     doc = inspect.cleandoc(fn.__doc__ or "").strip()
     mappings = (comfy,) if isinstance(comfy, ComfyMapping) else tuple(comfy)
-    return NodeSpec(
-        name, fn, category, version, inputs, out_types, doc, is_output, persist, context_param, fingerprint, mappings,
-        check, tuple(content_inputs), always_run,
-    )
+    return NodeSpec(name, fn, category, version, inputs, out_types, doc, is_output, context_param, cache, mappings,
+                    check, tuple(depends))
+
+
+def _unwrap_single(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A one-field NamedTuple renames a single output; the engine stores the field's value, not the tuple."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)[0]
+
+    return call

@@ -22,11 +22,13 @@ def workflow_schema(registry: Registry) -> dict[str, Any]:
         props: dict[str, Any] = {}
         for input_name, inp in spec.inputs.items():
             if inp.is_link_only:
-                props[input_name] = {**_LINK, "description": f"Link to a {inp.socket} output."}
+                props[input_name] = {**_LINK, "description": f"Link to a {inp.socket} output. {inp.description}".strip()}
             else:
                 literal = inp.adapter.json_schema() if inp.adapter is not None else {}
                 props[input_name] = {"anyOf": [literal, _LINK, {"type": "object", "properties": {"value": literal},
                                                                  "required": ["value"], "additionalProperties": False}]}
+                if inp.description:
+                    props[input_name]["description"] = inp.description
         variants.append({
             "type": "object",
             "title": name,

@@ -19,6 +19,7 @@ from nodes.payloads import Conditioning, Mask
 if TYPE_CHECKING:
     import torch
 
+NODE_DEPENDS = ("torch",)
 Strength = Annotated[float, Field(ge=0.0, le=10.0)]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Pixels = Annotated[int, Field(ge=0, le=16384)]

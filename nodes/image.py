@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
-import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image as PILImage
 from PIL import PngImagePlugin
 from pydantic import Field
@@ -18,25 +16,45 @@ from pydantic import Field
 from nodegraph import ComfyMapping, RunContext, node, payload, rename_mapping
 from nodegraph.files import atomic_write_bytes, write_numbered
 from nodegraph.keys import file_fingerprint
+from nodegraph.node import PERSIST, CachePolicy
+from nodegraph.settings import DEFAULT_MAX_PIXELS
+from nodegraph.types import READ_PATH, WRITE_PATH
 from nodegraph.workflow import PNG_TEXT_KEY
 from nodes.payloads import Image, Mask
 
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
 logger = logging.getLogger(__name__)
 
+NODE_DEPENDS = ("torch", "pillow")
 Size = Annotated[int, Field(ge=8, le=16384)]
+RoundTo = Annotated[int, Field(ge=1, le=64, description="round width and height down to a multiple of this "
+                                                         "(8 suits SDXL's VAE; 1 keeps the size)")]
 ResizeMode = Literal["lanczos", "bicubic", "bilinear", "nearest", "area"]
-_PIL_FILTERS = {"lanczos": PILImage.LANCZOS, "bicubic": PILImage.BICUBIC, "bilinear": PILImage.BILINEAR,
-                "nearest": PILImage.NEAREST, "area": PILImage.BOX}
+ImagePath = Annotated[str, READ_PATH, Field(description="the image file to read")]
+_PIL_FILTERS = {"lanczos": PILImage.Resampling.LANCZOS, "bicubic": PILImage.Resampling.BICUBIC,
+                "bilinear": PILImage.Resampling.BILINEAR, "nearest": PILImage.Resampling.NEAREST,
+                "area": PILImage.Resampling.BOX}
+# Single-band modes with more than 8 bits: read as numbers and scaled, because Pillow's convert("L") clips
+# them (a 0..65535 gradient would read as almost all white). "I" holds 16-bit PNGs in older Pillows.
+_WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 
 
 # ---- conversions -------------------------------------------------------------------------------
 def pil_to_tensor(img: PILImage.Image) -> torch.Tensor:
     """[H, W, C] float32 in [0, 1] -- the same arithmetic as diffusers' image processor."""
+    import numpy as np
+    import torch
+
     return torch.from_numpy(np.asarray(img).astype(np.float32) / 255.0)
 
 
 def tensor_to_pil(image: torch.Tensor) -> PILImage.Image:
     """One [H, W, C] image -> 8-bit PIL (rounded, as diffusers' numpy_to_pil does)."""
+    import numpy as np
+
     arr = (image.detach().float().cpu().clamp(0, 1).numpy() * 255).round().astype(np.uint8)
     return PILImage.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
 
@@ -48,12 +66,48 @@ def rounded_size(width: int, height: int, multiple: int) -> tuple[int, int]:
     return max(multiple, width - width % multiple), max(multiple, height - height % multiple)
 
 
-def _open(path: str) -> PILImage.Image:
+def max_input_pixels(ctx: RunContext | None) -> int:
+    settings = getattr(ctx, "settings", None)
+    return int(getattr(settings, "max_input_pixels", DEFAULT_MAX_PIXELS))
+
+
+def regular_file(path: str, what: str, max_bytes: int | None = None) -> Path:
+    """The path of an existing regular file; a directory, a device such as /dev/zero, a pipe or (with
+    ``max_bytes``) an oversized file is refused with a message that says which."""
     p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{p}: is a directory, not {what}")
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file ({what})")
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such image file")
+        raise ValueError(f"{p}: not a regular file (a device, pipe or socket cannot be read as {what})")
+    if max_bytes is not None and p.stat().st_size > max_bytes:
+        raise ValueError(f"{p}: {p.stat().st_size} bytes is over the {max_bytes}-byte limit for {what}")
+    return p
+
+
+def open_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImage.Image:
+    """Open and decode an image file, refusing directories, special files and images over ``max_pixels``
+    (checked from the header, before the pixels are decoded). Multi-frame files give their first frame."""
+    p = regular_file(path, "an image file")
     try:
-        img = PILImage.open(p)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)  # our own limit applies below
+            img = PILImage.open(p)
+    except PILImage.DecompressionBombError:
+        raise ValueError(f"{p}: the image has more pixels than the input limit of {max_pixels} pixels") from None
+    except Exception as exc:
+        raise ValueError(f"{p}: not a readable image ({exc})") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise ValueError(f"{p}: {width}x{height} = {width * height} pixels is over the input limit of "
+                         f"{max_pixels} pixels (EngineSettings.max_input_pixels)")
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        logger.info("%s: has %d frames; using the first", p, frames)
+    try:
+        img.seek(0)
         img.load()
     except Exception as exc:
         raise ValueError(f"{p}: not a readable image ({exc})") from None
@@ -61,61 +115,110 @@ def _open(path: str) -> PILImage.Image:
 
 
 def _path_fingerprint(path: str, **_: Any) -> str:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    return file_fingerprint(path)
+    return file_fingerprint(regular_file(path, "an image file"))
 
 
 def _resize_pil(img: PILImage.Image, size: tuple[int, int], mode: str = "lanczos") -> PILImage.Image:
     return img if img.size == size else img.resize(size, resample=_PIL_FILTERS[mode])
 
 
-@node(category="image", version=1, outputs={"image": Image, "mask": Mask}, fingerprint=_path_fingerprint,
-      content_inputs=("path",),
-      comfy=rename_mapping("LoadImage", "LoadImage", {"image": "path"}, ("image", "mask")))
-def LoadImage(path: str, round_to: Annotated[int, Field(ge=1, le=64)] = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load an image file as RGB; its alpha channel (if any) becomes the mask: transparent = repaint.
+def has_alpha(img: PILImage.Image) -> bool:
+    """An alpha channel, or a transparent colour (palette, greyscale and RGB PNGs can have one)."""
+    return "A" in img.getbands() or "transparency" in img.info
 
-    Width and height are rounded down to a multiple of round_to (8 suits SDXL's VAE) by a Lanczos resize,
-    as diffusers does; a warning says when that happens. Set round_to=1 to keep the size.
-    """
-    img = _open(path)
+
+def _wide_band(img: PILImage.Image, size: tuple[int, int]) -> np.ndarray:
+    """A single >8-bit band as float32 in [0, 1]: integers over 0..65535, floats as they are (clipped)."""
+    import numpy as np
+
+    arr = np.asarray(img).astype(np.float32)
+    if img.mode != "F":
+        arr = arr / 65535.0
+    arr = np.clip(np.nan_to_num(arr, nan=0.0), 0.0, 1.0)
+    if (arr.shape[1], arr.shape[0]) != size:
+        arr = np.asarray(PILImage.fromarray(arr).resize(size, resample=PILImage.Resampling.LANCZOS)).clip(0.0, 1.0)
+    return arr
+
+
+def read_rgb(img: PILImage.Image, size: tuple[int, int]) -> torch.Tensor:
+    """[H, W, 3] float32 in [0, 1] from any mode, resized (Lanczos) to ``size``."""
+    import numpy as np
+    import torch
+
+    if img.mode in _WIDE_MODES:
+        return torch.from_numpy(np.repeat(_wide_band(img, size)[..., None], 3, axis=-1))
+    return pil_to_tensor(_resize_pil(img.convert("RGB"), size))
+
+
+def read_band(img: PILImage.Image, band: Literal["L", "A", "R", "G", "B"], size: tuple[int, int]) -> torch.Tensor:
+    """[H, W] float32 in [0, 1]: luminance, alpha or one colour channel of any mode, resized to ``size``."""
+    import torch
+
+    if img.mode in _WIDE_MODES and band != "A":
+        return torch.from_numpy(_wide_band(img, size))
+    if band == "L":
+        pil = img.convert("L")
+    elif band == "A":
+        if not has_alpha(img):
+            raise ValueError(f"{img.filename or 'image'}: has no alpha channel (mode {img.mode}); "  # type: ignore[attr-defined]
+                             "use channel='luminance'")
+        pil = img.convert("RGBA").getchannel("A")
+    else:
+        pil = img.convert("RGB").getchannel(band)
+    return pil_to_tensor(_resize_pil(pil, size))
+
+
+def _rounded(path: str, img: PILImage.Image, round_to: int) -> tuple[int, int]:
     size = rounded_size(*img.size, round_to)
     if size != img.size:
         logger.warning("%s: %dx%d resized to %dx%d (a multiple of %d)", path, *img.size, *size, round_to)
-    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-    rgba = img.convert("RGBA") if has_alpha else None
-    image = pil_to_tensor(_resize_pil(img.convert("RGB"), size))[None]
-    if rgba is not None:
-        alpha = pil_to_tensor(_resize_pil(rgba.getchannel("A"), size))
-        mask = (1.0 - alpha)[None]
+    return size
+
+
+class ImageAndMask(NamedTuple):
+    image: Image
+    mask: Mask
+
+
+@node(category="image", version=2, cache=CachePolicy.reads(_path_fingerprint, "path"),
+      comfy=rename_mapping("LoadImage", "LoadImage", {"image": "path"}, ("image", "mask")))
+def LoadImage(path: ImagePath, ctx: RunContext, round_to: RoundTo = 8) -> ImageAndMask:
+    """Load an image file as RGB; its alpha channel (if any) becomes the mask: transparent = repaint.
+
+    Every Pillow mode is read: 16-bit and float greyscale are scaled to [0, 1] (not clipped), palettes with
+    a transparent colour give a mask, multi-frame files (GIF, TIFF, WebP) give their first frame. Images over
+    the input pixel limit are refused before they are decoded. Width and height are rounded down to a
+    multiple of round_to by a Lanczos resize, as diffusers does; a warning says when that happens.
+    """
+    import torch
+
+    img = open_image(path, max_input_pixels(ctx))
+    size = _rounded(path, img, round_to)
+    image = read_rgb(img, size)[None]
+    if has_alpha(img):
+        mask = (1.0 - read_band(img, "A", size))[None]
     else:
         mask = torch.zeros(image.shape[:3])
-    return image, mask
+    return ImageAndMask(image, mask)
 
 
 MaskChannel = Literal["luminance", "alpha", "red", "green", "blue"]
 
 
-@node(category="image", version=1, outputs={"mask": Mask}, fingerprint=_path_fingerprint,
-      content_inputs=("path",))
-def LoadMask(path: str, channel: MaskChannel = "luminance", invert: bool = False,
-             round_to: Annotated[int, Field(ge=1, le=64)] = 8) -> torch.Tensor:
+@node(category="image", version=2, cache=CachePolicy.reads(_path_fingerprint, "path"))
+def LoadMask(path: ImagePath, ctx: RunContext,
+             channel: Annotated[MaskChannel, Field(description="which channel holds the mask")] = "luminance",
+             invert: Annotated[bool, Field(description="swap repaint and keep")] = False,
+             round_to: RoundTo = 8) -> Mask:
     """Load a mask image: white (1) = repaint, black (0) = keep; `invert` swaps them.
 
-    `luminance` is what diffusers uses (the image converted to greyscale). Sizes are rounded as LoadImage's.
+    `luminance` is what diffusers uses (the image converted to greyscale); 16-bit masks keep their full
+    range. Sizes are rounded as LoadImage's, with the same warning.
     """
-    img = _open(path)
-    size = rounded_size(*img.size, round_to)
-    if channel == "luminance":
-        band = img.convert("L")
-    elif channel == "alpha":
-        if "A" not in img.getbands() and not (img.mode == "P" and "transparency" in img.info):
-            raise ValueError(f"{path}: has no alpha channel (mode {img.mode}); use channel='luminance'")
-        band = img.convert("RGBA").getchannel("A")
-    else:
-        band = img.convert("RGB").getchannel(channel[0].upper())
-    mask = pil_to_tensor(_resize_pil(band, size))[None]
+    img = open_image(path, max_input_pixels(ctx))
+    size = _rounded(path, img, round_to)
+    band = {"luminance": "L", "alpha": "A", "red": "R", "green": "G", "blue": "B"}[channel]
+    mask = read_band(img, band, size)[None]  # type: ignore[arg-type]
     return 1.0 - mask if invert else mask
 
 
@@ -124,11 +227,12 @@ def LoadMask(path: str, channel: MaskChannel = "luminance", invert: bool = False
 def SaveImage(
     image: Image,
     ctx: RunContext,
-    prefix: str = "nodegraph",
-    path: str | None = None,
+    prefix: Annotated[str, WRITE_PATH, Field(description="file name prefix under the output directory (may "
+                                                        "name a sub-folder)")] = "nodegraph",
+    path: Annotated[str, WRITE_PATH, Field(description="an explicit file to write instead")] | None = None,
     format: Literal["png", "jpeg", "webp"] = "png",
-    quality: Annotated[int, Field(ge=1, le=100)] = 95,
-    embed_workflow: bool = True,
+    quality: Annotated[int, Field(ge=1, le=100, description="JPEG/WebP quality")] = 95,
+    embed_workflow: Annotated[bool, Field(description="store the workflow in PNG text")] = True,
 ) -> list[str]:
     """Save each image of the batch: to `path` if given (batch items get _1, _2, ...), else to
     OUTPUT_DIR/PREFIX_NNNNN.FORMAT under the first free number (never over an existing file, even with
@@ -163,6 +267,8 @@ def SaveImage(
 
 def _resize_tensor(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     """x: [B, C, H, W]; size: (width, height)."""
+    import torch
+    import torch.nn.functional as F
     w, h = size
     if x.shape[-2:] == (h, w):
         return x
@@ -178,17 +284,15 @@ def _resize_tensor(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.T
     return F.interpolate(x, size=(h, w), mode=torch_mode, **kwargs).clamp(0, 1)
 
 
-@node(category="image", version=1, outputs={"image": Image}, persist=True)
-def ResizeImage(image: Image, width: Size, height: Size, mode: ResizeMode = "lanczos",
-                round_to: Annotated[int, Field(ge=1, le=64)] = 8) -> torch.Tensor:
+@node(category="image", version=1, cache=PERSIST)
+def ResizeImage(image: Image, width: Size, height: Size, mode: ResizeMode = "lanczos", round_to: RoundTo = 8) -> Image:
     """Resize to width x height, each rounded down to a multiple of round_to."""
     size = rounded_size(width, height, round_to)
     return _resize_tensor(image.permute(0, 3, 1, 2), size, mode).permute(0, 2, 3, 1).contiguous()
 
 
-@node(category="image", version=1, outputs={"mask": Mask}, persist=True)
-def ResizeMask(mask: Mask, width: Size, height: Size, mode: ResizeMode = "nearest",
-               round_to: Annotated[int, Field(ge=1, le=64)] = 8) -> torch.Tensor:
+@node(category="image", version=1, cache=PERSIST)
+def ResizeMask(mask: Mask, width: Size, height: Size, mode: ResizeMode = "nearest", round_to: RoundTo = 8) -> Mask:
     """Resize a mask to width x height, each rounded down to a multiple of round_to."""
     size = rounded_size(width, height, round_to)
     return _resize_tensor(mask[:, None], size, mode)[:, 0].contiguous()
@@ -201,6 +305,9 @@ def check_same_size(image: torch.Tensor, mask: torch.Tensor, what: str) -> None:
 
 
 def _gaussian_blur(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    import torch
+    import torch.nn.functional as F
+
     sigma = max(radius / 2.0, 0.5)
     xs = torch.arange(-radius, radius + 1, dtype=torch.float32)
     k = torch.exp(-(xs**2) / (2 * sigma**2))
@@ -218,15 +325,19 @@ def _comfy_composite(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                                       "generated": inputs["source"], "mask": inputs["mask"]}}}
 
 
-@node(category="image", version=1, outputs={"image": Image}, persist=True,
+Feather = Annotated[int, Field(ge=0, le=256, description="soften the seam inward over this many pixels")]
+
+
+@node(category="image", version=1, cache=PERSIST,
       comfy=ComfyMapping("ImageCompositeMasked", _comfy_composite, (("", "image"),)))
-def CompositeMasked(original: Image, generated: Image, mask: Mask,
-                    feather: Annotated[int, Field(ge=0, le=256)] = 0) -> torch.Tensor:
+def CompositeMasked(original: Image, generated: Image, mask: Mask, feather: Feather = 0) -> Image:
     """Paste the generated pixels into the original only where the mask is set.
 
     Every pixel where the mask is 0 is exactly the original (this fixes the colour shift a VAE round trip
     causes outside the mask). feather > 0 softens the seam inward over that many pixels, never outward.
     """
+    import torch
+
     check_same_size(original, mask, "CompositeMasked")
     if original.shape[1:3] != generated.shape[1:3]:
         raise ValueError(f"CompositeMasked: original is {original.shape[2]}x{original.shape[1]} but generated is "
@@ -250,9 +361,16 @@ class CropRegion:
     height: int
 
 
-@node(category="image", version=1, outputs={"image": Image, "mask": Mask, "region": CropRegion}, persist=True)
-def CropToMask(image: Image, mask: Mask, padding: Annotated[int, Field(ge=0, le=4096)] = 32,
-               width: Size = 1024, height: Size = 1024) -> tuple[torch.Tensor, torch.Tensor, CropRegion]:
+class Crop(NamedTuple):
+    image: Image
+    mask: Mask
+    region: CropRegion
+
+
+@node(category="image", version=1, cache=PERSIST, depends=("torch", "pillow", "diffusers"))
+def CropToMask(image: Image, mask: Mask,
+               padding: Annotated[int, Field(ge=0, le=4096, description="pixels kept around the mask")] = 32,
+               width: Size = 1024, height: Size = 1024) -> Crop:
     """Cut the region around the mask (plus padding, widened to width:height) and scale it to
     width x height, so a small masked area is inpainted at full model resolution (diffusers'
     padding_mask_crop). Paste the result back with UncropToMask."""
@@ -269,12 +387,11 @@ def CropToMask(image: Image, mask: Mask, padding: Annotated[int, Field(ge=0, le=
     crop_mask = mask[:, y0:y1, x0:x1][:, None]
     out_img = _resize_tensor(crop_img, size, "lanczos").permute(0, 2, 3, 1).contiguous()
     out_mask = _resize_tensor(crop_mask, size, "lanczos")[:, 0].contiguous()
-    return out_img, out_mask, CropRegion(box, image.shape[2], image.shape[1])  # type: ignore[arg-type]
+    return Crop(out_img, out_mask, CropRegion(box, image.shape[2], image.shape[1]))  # type: ignore[arg-type]
 
 
-@node(category="image", version=1, outputs={"image": Image}, persist=True)
-def UncropToMask(original: Image, generated: Image, mask: Mask, region: CropRegion,
-                 feather: Annotated[int, Field(ge=0, le=256)] = 0) -> torch.Tensor:
+@node(category="image", version=1, cache=PERSIST)
+def UncropToMask(original: Image, generated: Image, mask: Mask, region: CropRegion, feather: Feather = 0) -> Image:
     """Scale the generated crop back to its box, put it into the original, and keep it only where the
     (full-size) mask is set: every unmasked pixel stays exactly the original."""
     x0, y0, x1, y1 = region.box

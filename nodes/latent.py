@@ -5,21 +5,27 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from safetensors.torch import load_file, save
 
 from nodegraph import ComfyMapping, RunContext, node, rename_mapping
 from nodegraph.files import atomic_write_bytes
 from nodegraph.keys import file_fingerprint
-from nodes.image import Size, check_same_size
+from nodegraph.node import PERSIST, CachePolicy
+from nodegraph.types import READ_PATH, WRITE_PATH
+from nodes.image import Size, check_same_size, regular_file
 from nodes.models import VaeHandle, manager
-from nodes.payloads import Image, Latent, Mask
+from nodes.payloads import Image, Latent, Mask, require_finite
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
+
+NODE_DEPENDS = ("torch", "diffusers")
+# A latent file is a few MB (a 4096x4096 image is 4x512x512 float32 = 4 MiB); anything far bigger is not one.
+MAX_LATENT_FILE_BYTES = 1024**3
 
 
 def binarize(mask: torch.Tensor) -> torch.Tensor:
@@ -45,7 +51,7 @@ def _comfy_inpaint_conditioning(inputs: dict[str, Any]) -> dict[str, dict[str, A
     return _comfy_encode_for_inpaint(inputs | {"grow_mask_by": 0})
 
 
-@node(category="latent", version=1, outputs={"latent": Latent}, persist=True,
+@node(category="latent", version=1, cache=PERSIST,
       comfy=(rename_mapping("VAEEncode", "VAEEncode", {"pixels": "image", "vae": "vae"}, ("latent",)),
              ComfyMapping("VAEEncodeForInpaint", _comfy_encode_for_inpaint, (("", "latent"),)),
              ComfyMapping("InpaintModelConditioning", _comfy_inpaint_conditioning,
@@ -56,6 +62,8 @@ def VAEEncode(vae: VaeHandle, image: Image, ctx: RunContext, mask: Mask | None =
     With a mask, also encodes the masked image (pixels to repaint set to grey: `image * (mask < 0.5)`),
     which a 9-channel inpainting UNet takes as input. Width and height must be multiples of 8.
     """
+    import torch
+
     factor = vae.vae_scale_factor
     h, w = image.shape[1:3]
     if h % factor or w % factor:
@@ -70,6 +78,7 @@ def VAEEncode(vae: VaeHandle, image: Image, ctx: RunContext, mask: Mask | None =
             check_same_size(image, mask, "VAEEncode")
             keep = (binarize(mask.float()) < 0.5)[:, None].to(pixels)
             masked = _encode(model, vae, pixels * keep)
+    require_finite("VAEEncode", latents=samples, masked_image_latents=masked)
     return Latent(samples.float(), masked.float() if masked is not None else None)
 
 
@@ -77,7 +86,7 @@ def _comfy_noise_mask(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {"": {"type": "DownsampleMask", "inputs": {"latent": inputs["samples"], "mask": inputs["mask"]}}}
 
 
-@node(category="latent", version=1, outputs={"latent": Latent}, persist=True,
+@node(category="latent", version=1, cache=PERSIST,
       comfy=ComfyMapping("SetLatentNoiseMask", _comfy_noise_mask, (("", "latent"),)))
 def DownsampleMask(latent: Latent, mask: Mask, mode: Literal["nearest", "max", "area"] = "nearest") -> Latent:
     """Attach the mask at latent size (1 = repaint).
@@ -86,6 +95,8 @@ def DownsampleMask(latent: Latent, mask: Mask, mode: Literal["nearest", "max", "
     marks its latent cell (thin strokes survive); area: the fraction of each cell that is repainted.
     An all-zero mask changes nothing; an all-ones mask repaints everything (plain img2img).
     """
+    import torch.nn.functional as F
+
     h, w = latent.samples.shape[-2:]
     m = mask.float()[:, None]
     if mode == "nearest":
@@ -97,20 +108,24 @@ def DownsampleMask(latent: Latent, mask: Mask, mode: Literal["nearest", "max", "
     return latent.replace(mask=small)
 
 
-@node(category="latent", version=1, outputs={"latent": Latent}, persist=True,
+@node(category="latent", version=1, cache=PERSIST,
       comfy=rename_mapping("EmptyLatentImage", "EmptyLatent", {"width": "width", "height": "height",
                                                                  "batch_size": "batch_size"}, ("latent",)))
 def EmptyLatent(width: Size = 1024, height: Size = 1024,
-                batch_size: Annotated[int, Field(ge=1, le=64)] = 1) -> Latent:
+                batch_size: Annotated[int, Field(ge=1, le=64, description="images per run")] = 1) -> Latent:
     """An empty latent for text-to-image (SDXL's 8x VAE factor; sizes rounded down to multiples of 8).
     Sampling from it always starts from pure noise."""
+    import torch
+
     return Latent(torch.zeros(batch_size, 4, height // 8, width // 8), empty=True)
 
 
-@node(category="latent", version=1, outputs={"image": Image}, persist=True,
+@node(category="latent", version=1, cache=PERSIST,
       comfy=rename_mapping("VAEDecode", "VAEDecode", {"samples": "latent", "vae": "vae"}, ("image",)))
-def VAEDecode(vae: VaeHandle, latent: Latent, ctx: RunContext) -> torch.Tensor:
+def VAEDecode(vae: VaeHandle, latent: Latent, ctx: RunContext) -> Image:
     """Decode latents to an image batch [B, H, W, C] in [0, 1]."""
+    import torch
+
     model = manager(ctx).get(vae.ref, "vae_decoder", ctx)
     dtype = vae.ref.torch_dtype
     images = []
@@ -119,12 +134,15 @@ def VAEDecode(vae: VaeHandle, latent: Latent, ctx: RunContext) -> torch.Tensor:
             ctx.check_cancelled()
             z = latent.samples[i: i + 1].to(vae.ref.device, dtype) / vae.scaling_factor
             x = decode_with_fallback(model, z)
+            require_finite("VAEDecode", pixels=x)
             images.append((x / 2 + 0.5).clamp(0, 1).float().cpu())
     return torch.cat(images).permute(0, 2, 3, 1).contiguous()
 
 
 def decode_with_fallback(model: Any, z: torch.Tensor) -> torch.Tensor:
     """Decode; if that runs out of memory, decode again in tiles (slower, a little different at seams)."""
+    import torch
+
     try:
         return model.decode(z, return_dict=False)[0]
     except torch.OutOfMemoryError:
@@ -142,8 +160,11 @@ def decode_with_fallback(model: Any, z: torch.Tensor) -> torch.Tensor:
 
 
 @node(category="latent", version=1, output=True)
-def SaveLatent(latent: Latent, path: str) -> list[str]:
+def SaveLatent(latent: Latent,
+               path: Annotated[str, WRITE_PATH, Field(description="the .safetensors file to write")]) -> list[str]:
     """Write latents (and their mask and masked-image latents, if any) to a .safetensors file."""
+    from safetensors.torch import save
+
     tensors = {"samples": latent.samples.detach().cpu().contiguous()}
     if latent.masked is not None:
         tensors["masked"] = latent.masked.detach().cpu().contiguous()
@@ -155,13 +176,28 @@ def SaveLatent(latent: Latent, path: str) -> list[str]:
     return [str(target)]
 
 
-@node(category="latent", version=1, outputs={"latent": Latent},
-      fingerprint=lambda path, **_: file_fingerprint(path), content_inputs=("path",))
-def LoadLatent(path: str) -> Latent:
-    """Read latents written by SaveLatent (safetensors only)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such latent file")
-    tensors = load_file(path)
+def _latent_file(path: str) -> Path:
+    return regular_file(path, "a latent file", MAX_LATENT_FILE_BYTES)
+
+
+def _latent_fingerprint(path: str, **_: Any) -> str:
+    return file_fingerprint(_latent_file(path))
+
+
+@node(category="latent", version=2, cache=CachePolicy.reads(_latent_fingerprint, "path"))
+def LoadLatent(path: Annotated[str, READ_PATH, Field(description="a .safetensors file written by SaveLatent")]
+               ) -> Latent:
+    """Read latents written by SaveLatent (safetensors only; regular files up to 1 GiB)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = _latent_file(path)
+    try:
+        tensors = load_file(p)
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{p}: not a readable safetensors file ({exc})") from None
     if "samples" not in tensors:
-        raise ValueError(f"{path}: not a nodegraph latent file (no 'samples' tensor)")
+        raise ValueError(f"{p}: not a nodegraph latent file (no 'samples' tensor)")
+    require_finite(f"LoadLatent {p}", latents=tensors["samples"], masked_image_latents=tensors.get("masked"),
+                   mask=tensors.get("mask"))
     return Latent(tensors["samples"], tensors.get("masked"), tensors.get("mask"))

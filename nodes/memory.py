@@ -12,12 +12,15 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +39,26 @@ class MemoryOptions:
     quantize: Quantize = "none"
 
 
+def cuda_available() -> bool:
+    """Whether a CUDA device can be used, answered without importing torch when it is not loaded yet.
+
+    Validation runs without torch, so it asks the driver (a loaded NVIDIA kernel module) and the installed
+    torch build (a "+cpu" build has no CUDA); once torch is imported, torch answers exactly.
+    """
+    loaded = sys.modules.get("torch")
+    if loaded is not None:
+        return bool(loaded.cuda.is_available())
+    if not Path("/proc/driver/nvidia/version").is_file():
+        return False
+    try:
+        return "+cpu" not in metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return False
+
+
 def option_problems(options: MemoryOptions, device: str) -> list[tuple[str, str]]:
     """(input, why) for each option this machine cannot run; checked before anything runs."""
-    cuda = torch.cuda.is_available()
+    cuda = cuda_available()
     on_cpu = device == "cpu" or (device == "auto" and not cuda)
     problems = []
     if options.offload != "none" and (not cuda or on_cpu):
@@ -93,6 +113,7 @@ def save_quantized(model: Any, folder: Path) -> None:
 
 def load_quantized(empty_model: Any, folder: Path, device: str, how: str) -> Any | None:
     """Materialise a meta-device model from kept quanto weights; None when there are none (or bad ones)."""
+    import torch
     from optimum.quanto import requantize
     from safetensors.torch import load_file
 
@@ -114,15 +135,20 @@ def load_quantized(empty_model: Any, folder: Path, device: str, how: str) -> Any
 
 def nf4_config(library: Literal["diffusers", "transformers"]) -> Any:
     """bitsandbytes 4-bit NF4 config for from_pretrained (weights quantized while loading)."""
+    import torch
+
+    config_cls: Any
     if library == "diffusers":
-        from diffusers import BitsAndBytesConfig
+        from diffusers import BitsAndBytesConfig as config_cls
     else:
-        from transformers import BitsAndBytesConfig
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16)
+        from transformers import BitsAndBytesConfig as config_cls
+    return config_cls(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16)
 
 
 def place(model: Any, component: str, device: str, options: MemoryOptions) -> tuple[Any, Any]:
     """Put a loaded component where it runs; returns (model, hook) where hook can move it off the GPU."""
+    import torch
+
     if not isinstance(model, torch.nn.Module):  # tokenizers live nowhere in particular
         return model, None
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "nodegraph_quantized", None):
@@ -161,6 +187,8 @@ def configure(model: Any, component: str, options: MemoryOptions) -> Any:
 
 
 def _tensor_bytes(t: torch.Tensor) -> int:
+    import torch
+
     # quanto's quantized weights are tensor subclasses that report their float dtype; count what they hold
     inner = [getattr(t, name) for name in ("_data", "_scale", "_shift") if isinstance(getattr(t, name, None),
                                                                                      torch.Tensor)]
@@ -171,6 +199,8 @@ def _tensor_bytes(t: torch.Tensor) -> int:
 
 def module_bytes(model: Any) -> int:
     """Bytes held by a module's parameters and buffers (0 for tokenizers)."""
+    import torch
+
     if not isinstance(model, torch.nn.Module):
         return 0
     return sum(_tensor_bytes(t) for t in list(model.parameters()) + list(model.buffers()))

@@ -13,12 +13,14 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
-import torch
+from pydantic import Field
 
 from nodegraph import RunContext, node, rename_mapping
+from nodegraph.node import CachePolicy
 from nodegraph.settings import active_settings
+from nodegraph.types import MODEL_SOURCE
 from nodes.memory import (
     QUANTIZED_COMPONENTS,
     Attention,
@@ -26,6 +28,7 @@ from nodes.memory import (
     Offload,
     Quantize,
     configure,
+    cuda_available,
     load_quantized,
     module_bytes,
     nf4_config,
@@ -34,13 +37,16 @@ from nodes.memory import (
     quantize_module,
     save_quantized,
 )
-from nodes.sources import ModelSource, SourceError, resolve
+from nodes.sources import ModelSource, SourceError, check_source, resolve
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
+NODE_DEPENDS = ("torch", "diffusers", "transformers")
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
-TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,11 @@ class ModelRef:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return TORCH_DTYPES[self.dtype]
+        import torch
+
+        dtype = getattr(torch, self.dtype)
+        assert isinstance(dtype, torch.dtype)
+        return dtype
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,8 @@ class ModelManager:
             del self._loaded[victim]
             self.unloaded.append(victim[1])
             logger.info("model budget: unloaded %s to make room", victim[1])
+            import torch
+
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
@@ -166,7 +178,7 @@ def _load_vae_half(ref: ModelRef, half: Literal["encoder", "decoder"]) -> Any:
     """
     from accelerate import init_empty_weights
     from diffusers import AutoencoderKL
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     folder = Path(ref.source.path) / "vae"
     weights = _weights_file(folder, ref.source.variant)
@@ -174,8 +186,12 @@ def _load_vae_half(ref: ModelRef, half: Literal["encoder", "decoder"]) -> Any:
     if weights.is_file():
         with init_empty_weights():
             vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder))
-        with safe_open(weights, framework="pt") as f:
-            state = {k: f.get_tensor(k) for k in f.keys() if k.split(".")[0] in parts}
+        try:
+            with safe_open(weights, framework="pt") as f:
+                state = {k: f.get_tensor(k) for k in f.keys() if k.split(".")[0] in parts}
+        except (OSError, SafetensorError) as exc:
+            raise SourceError(f"{weights}: cannot read the VAE weights ({exc}); the file is corrupt or "
+                              "truncated") from None
         vae.load_state_dict(state, strict=False, assign=True)
         wanted = [m for name, m in vae.named_children() if name in parts]
         if all(p.device.type != "meta" for m in wanted for p in m.parameters()):
@@ -194,6 +210,7 @@ def _load_vae_half(ref: ModelRef, half: Literal["encoder", "decoder"]) -> Any:
 def load_component(ref: ModelRef, component: str) -> Any:
     """Read one component from disk (safetensors only), on the CPU; ModelManager places it."""
     from diffusers import UNet2DConditionModel
+    from safetensors import SafetensorError
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     if ref.source.kind != "diffusers":
@@ -230,7 +247,7 @@ def load_component(ref: ModelRef, component: str) -> Any:
             return _load_vae_half(ref, "encoder" if component == "vae_encoder" else "decoder")
         else:
             raise ValueError(f"unknown model component {component!r}")
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:
         raise SourceError(f"{path}: cannot load {component}: {exc}") from exc
     model = model.eval().requires_grad_(False)
     if quantize in ("int8", "fp8"):
@@ -241,6 +258,8 @@ def load_component(ref: ModelRef, component: str) -> Any:
 
 
 def resolve_device(device: str) -> str:
+    import torch
+
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -264,22 +283,38 @@ def _source_fingerprint(source: str, variant: str | None = None, config: str | N
     return digest if config is None else f"{digest}+{resolve(config).fingerprint}"
 
 
-def _check_options(device: str = "auto", offload: str = "none", attention: str = "sdpa", vae_tiling: bool = False,
-                   vae_slicing: bool = False, quantize: str = "none", **_: Any) -> list[tuple[str | None, str]]:
+def _check(source: str | None = None, device: str = "auto", offload: str = "none", attention: str = "sdpa",
+           vae_tiling: bool = False, vae_slicing: bool = False, quantize: str = "none", config: str | None = None,
+           **_: Any) -> list[tuple[str | None, str]]:
+    """Refused at validation: a missing or pickle source (cheap checks: nothing is hashed, built or
+    downloaded) and memory options this machine cannot run."""
     problems: list[tuple[str | None, str]] = []
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    for name, value in (("source", source), ("config", config)):
+        if value is not None:
+            try:
+                check_source(value)
+            except SourceError as exc:
+                problems.append((name, str(exc)))
+    if device.startswith("cuda") and not cuda_available():
         problems.append(("device", "device 'cuda' was requested but this machine has no CUDA device"))
     options = MemoryOptions(offload, attention, vae_tiling, vae_slicing, quantize)  # type: ignore[arg-type]
     problems.extend(option_problems(options, device))
     return problems
 
 
-@node(category="loaders", version=2, outputs={"unet": UNetHandle, "clip": ClipHandle, "vae": VaeHandle},
-      fingerprint=_source_fingerprint, content_inputs=("source", "config"), always_run=True, check=_check_options,
-      comfy=rename_mapping("CheckpointLoaderSimple", "LoadCheckpoint", {"ckpt_name": "source"},
+class Checkpoint(NamedTuple):
+    unet: UNetHandle
+    clip: ClipHandle
+    vae: VaeHandle
+
+
+# Handles are cheap and name local state (paths): LoadCheckpoint runs every time, keyed by content.
+@node(category="loaders", version=2, cache=CachePolicy.reads(_source_fingerprint, "source", "config", memory=False),
+      check=_check, comfy=rename_mapping("CheckpointLoaderSimple", "LoadCheckpoint", {"ckpt_name": "source"},
                            ("unet", "clip", "vae")))
 def LoadCheckpoint(
-    source: str,
+    source: Annotated[str, MODEL_SOURCE, Field(description="a diffusers folder, a .safetensors file, a hub id "
+                                                           "or builtin:tiny-sdxl-inpaint")],
     dtype: DType = "auto",
     device: Device = "auto",
     variant: str | None = None,
@@ -288,8 +323,9 @@ def LoadCheckpoint(
     vae_tiling: bool = False,
     vae_slicing: bool = False,
     quantize: Quantize = "none",
-    config: str | None = None,
-) -> tuple[UNetHandle, ClipHandle, VaeHandle]:
+    config: Annotated[str, MODEL_SOURCE, Field(description="configs for a single-file checkpoint of another "
+                                                           "architecture")] | None = None,
+) -> Checkpoint:
     """Load an SDXL checkpoint lazily: returns handles; weights are read when a node first needs them.
 
     source: a diffusers folder, a .safetensors file, a hub id (e.g. diffusers/stable-diffusion-xl-1.0-inpainting-0.1),
@@ -330,4 +366,4 @@ def LoadCheckpoint(
     clip = ClipHandle(ModelRef(src, model_dtype, dev, options))
     vae = VaeHandle(ModelRef(src, vae_dtype, dev, options), float(vae_cfg.get("scaling_factor", 0.13025)), vae_scale,
                     bool(vae_cfg.get("force_upcast", True)))
-    return unet, clip, vae
+    return Checkpoint(unet, clip, vae)

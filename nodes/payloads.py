@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
+from nodegraph.codec import payload
+from nodegraph.types import Socket
 
-from nodegraph import Socket, payload
+if TYPE_CHECKING:
+    import torch
 
-Image = Annotated[torch.Tensor, Socket("IMAGE")]
-Mask = Annotated[torch.Tensor, Socket("MASK")]
+# Raw tensors cannot carry a socket name, so the aliases say it; the element type is Any so that declaring
+# (and validating) nodes never imports torch.
+Image = Annotated[Any, Socket("IMAGE")]
+Mask = Annotated[Any, Socket("MASK")]
 
 
 @payload
@@ -35,7 +39,8 @@ class Latent:
     empty: bool = False  # from EmptyLatent: sampling starts from pure noise whatever the strength
 
     def replace(self, **changes: object) -> Latent:
-        fields = {"samples": self.samples, "masked": self.masked, "mask": self.mask, "empty": self.empty}
+        fields: dict[str, Any] = {"samples": self.samples, "masked": self.masked, "mask": self.mask,
+                                  "empty": self.empty}
         fields.update(changes)
         return Latent(**fields)  # type: ignore[arg-type]
 
@@ -64,3 +69,11 @@ class Conditioning:
     def plain(self) -> bool:
         return (not self.more and self.strength == 1.0 and self.area is None and self.mask is None
                 and self.start == 0.0 and self.end == 1.0)
+
+
+def require_finite(what: str, **tensors: torch.Tensor | None) -> None:
+    """Fail the node when a tensor holds NaN or infinity: a silent NaN becomes a black or noisy image."""
+    for name, tensor in tensors.items():
+        if tensor is not None and not bool(tensor.isfinite().all()):
+            raise ValueError(f"{what}: the {name} contain non-finite values (NaN or infinity); "
+                             "check prompt weights and the model's dtype")

@@ -1,5 +1,6 @@
 """Prompt weighting syntax: ``(words:1.3)`` sets a weight, ``(words)`` multiplies by 1.1, ``[words]``
-divides by 1.1; ``\\(`` and ``\\)`` are literal brackets. Nesting multiplies."""
+divides by 1.1; ``\\(`` and ``\\)`` are literal brackets. Nesting multiplies. A resulting weight outside
+``[-MAX_WEIGHT, MAX_WEIGHT]`` is refused: it would scale the text encoder's states to infinity (a NaN image)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import re
 
 _TOKEN = re.compile(r"\\[()\[\]\\]|\(|\)|\[|\]|:\s*-?[0-9]*\.?[0-9]+\s*\)|[^\\()\[\]:]+|:")
 UP, DOWN = 1.1, 1 / 1.1
+MAX_WEIGHT = 100.0
+
+
+class PromptWeightError(ValueError):
+    """A prompt whose weights cannot be encoded (too large, or not finite)."""
 
 
 def has_weighting(prompt: str) -> bool:
@@ -39,6 +45,11 @@ def parse_weighted(prompt: str) -> list[tuple[str, float]]:
             out.append((tok, 1.0))
     for bracket, start in reversed(stack):  # unclosed groups still count, as in A1111
         scale(start, UP if bracket == "(" else DOWN)
+    for text, weight in out:
+        if not abs(weight) <= MAX_WEIGHT:  # also catches inf and NaN
+            raise PromptWeightError(f"prompt weight {weight:.4g} on {text.strip()[:40]!r} is outside "
+                                    f"[-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}] (too large a (text:weight) or too many "
+                                    "nested parentheses)")
     merged: list[tuple[str, float]] = []
     for text, weight in out:
         if merged and merged[-1][1] == weight:

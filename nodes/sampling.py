@@ -19,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 from pydantic import Field
 
 from nodegraph import ComfyMapping, RunContext, node, rename_mapping
+from nodegraph.node import PERSIST
 from nodes.models import UNetHandle, manager
 from nodes.payloads import Conditioning, Latent
 from nodes.preview import latent_preview
@@ -41,6 +42,7 @@ from nodes.schedules import Sigmas, computed_schedule, sigmas_to_timesteps
 if TYPE_CHECKING:
     import torch
 
+NODE_DEPENDS = ("torch", "diffusers")
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 Scale = Annotated[float, Field(ge=0.0, le=100.0)]
 SEED_MAX = 2**64 - 1
@@ -379,7 +381,7 @@ def _comfy_ksampler_advanced(inputs: dict[str, Any]) -> dict[str, dict[str, Any]
                          denoising_end=end / steps if 0 < end < steps else None)
 
 
-@node(category="sampling", version=2, outputs={"latent": Latent}, persist=True, check=_check,
+@node(category="sampling", version=2, cache=PERSIST, check=_check,
       comfy=(ComfyMapping("KSampler", _comfy_ksampler, (("", "latent"),)),
              ComfyMapping("KSamplerAdvanced", _comfy_ksampler_advanced, (("", "latent"),))))
 def Sample(
@@ -536,14 +538,18 @@ class GuiderSpec:
     guidance_scale_l: float | None = None
 
 
-@node(category="sampling/custom", version=1, outputs={"sampler": "STRING"},
+class SelectedSampler(NamedTuple):
+    sampler: str
+
+
+@node(category="sampling/custom", version=1,
       comfy=rename_mapping("KSamplerSelect", "SamplerSelect", {"sampler_name": "sampler"}, ("sampler",)))
-def SamplerSelect(sampler: SamplerName = "euler") -> str:
+def SamplerSelect(sampler: SamplerName = "euler") -> SelectedSampler:
     """A sampler name as a value, for SampleCustom (and Sample's sampler input)."""
-    return sampler
+    return SelectedSampler(sampler)
 
 
-@node(category="sampling/custom", version=1, outputs={"noise": NoiseSpec},
+@node(category="sampling/custom", version=1,
       comfy=(rename_mapping("RandomNoise", "Noise", {"noise_seed": "seed"}, ("noise",)),
              rename_mapping("DisableNoise", "Noise", {}, ("noise",), add=False)))
 def Noise(seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0, add: bool = True) -> NoiseSpec:
@@ -557,7 +563,7 @@ def _comfy_cfg_guider(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {"": {"type": "Guider", "inputs": {k: v for k, v in ours.items() if v is not None}}}
 
 
-@node(category="sampling/custom", version=1, outputs={"guider": GuiderSpec},
+@node(category="sampling/custom", version=1,
       comfy=(ComfyMapping("CFGGuider", _comfy_cfg_guider, (("", "guider"),)),
              rename_mapping("BasicGuider", "Guider", {"model": "unet", "conditioning": "positive"}, ("guider",),
                             guidance_scale=1.0)))
@@ -587,7 +593,7 @@ def _comfy_sampler_custom_advanced(inputs: dict[str, Any]) -> dict[str, dict[str
 _CUSTOM_OUTPUTS = (("", "latent"), ("", "latent"))
 
 
-@node(category="sampling/custom", version=1, outputs={"latent": Latent}, persist=True,
+@node(category="sampling/custom", version=1, cache=PERSIST,
       comfy=(ComfyMapping("SamplerCustom", _comfy_sampler_custom, _CUSTOM_OUTPUTS),
              ComfyMapping("SamplerCustomAdvanced", _comfy_sampler_custom_advanced, _CUSTOM_OUTPUTS)))
 def SampleCustom(noise: NoiseSpec, guider: GuiderSpec, sigmas: Sigmas, latent: Latent, ctx: RunContext,

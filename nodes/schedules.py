@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import numpy as np
 from pydantic import Field
@@ -22,6 +22,7 @@ from nodegraph.node import ComfyMapping
 from nodes.models import UNetHandle  # a socket annotation: needed at run time to build the node's spec
 from nodes.schedulers import COMPUTED_SCHEDULES, BetaSchedule, SamplerName, ScheduleName, combination_problem
 
+NODE_DEPENDS = ("numpy", "diffusers")
 # A link from a node below, or a list written out by hand.
 Sigmas = Annotated[list[float], Socket("SIGMAS", literal=True)]
 Steps = Annotated[int, Field(ge=1, le=1000)]
@@ -46,25 +47,25 @@ def training_sigmas(config: Mapping[str, Any], beta_schedule: BetaSchedule = "mo
     return np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
 
 
-def karras(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> list[float]:
+def karras(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Sigmas:
     """Karras et al. 2022 (eq. 5): evenly spaced in sigma^(1/rho)."""
     ramp = np.linspace(0, 1, steps)
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return [*((hi + ramp * (lo - hi)) ** rho).tolist(), 0.0]
 
 
-def exponential(steps: int, sigma_min: float, sigma_max: float) -> list[float]:
+def exponential(steps: int, sigma_min: float, sigma_max: float) -> Sigmas:
     """Evenly spaced in log sigma."""
     return [*np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), steps)).tolist(), 0.0]
 
 
-def simple(train: np.ndarray, steps: int) -> list[float]:
+def simple(train: np.ndarray, steps: int) -> Sigmas:
     """Every (len/steps)-th training sigma, from the top."""
     stride = len(train) / steps
     return [float(train[-(1 + int(i * stride))]) for i in range(steps)] + [0.0]
 
 
-def ddim_uniform(train: np.ndarray, steps: int) -> list[float]:
+def ddim_uniform(train: np.ndarray, steps: int) -> Sigmas:
     """DDIM's uniform timestep stride over the training sigmas, from t = 1 upwards, then reversed."""
     stride = max(len(train) // steps, 1)
     picked = [float(train[t]) for t in range(1, len(train), stride)]
@@ -72,7 +73,7 @@ def ddim_uniform(train: np.ndarray, steps: int) -> list[float]:
 
 
 def linear_quadratic(steps: int, sigma_max: float, threshold: float = 0.025, linear_steps: int | None = None
-                     ) -> list[float]:
+                     ) -> Sigmas:
     """Mochi's schedule: noise falls linearly to ``threshold`` for the first half, then quadratically."""
     if steps == 1:
         return [sigma_max, 0.0]
@@ -87,14 +88,14 @@ def linear_quadratic(steps: int, sigma_max: float, threshold: float = 0.025, lin
     return [(1.0 - x) * sigma_max for x in [*linear_part, *quadratic_part, 1.0]]
 
 
-def kl_optimal(steps: int, sigma_min: float, sigma_max: float) -> list[float]:
+def kl_optimal(steps: int, sigma_min: float, sigma_max: float) -> Sigmas:
     """Align Your Steps' KL-optimal schedule: evenly spaced in arctan(sigma)."""
     frac = np.arange(steps, dtype=np.float64) / max(steps - 1, 1)
     return [*np.tan(frac * math.atan(sigma_min) + (1 - frac) * math.atan(sigma_max)).tolist(), 0.0]
 
 
 def computed_schedule(name: str, steps: int, config: Mapping[str, Any], beta_schedule: BetaSchedule = "model"
-                      ) -> list[float]:
+                      ) -> Sigmas:
     """One of ``COMPUTED_SCHEDULES`` for a model's scheduler config."""
     train = training_sigmas(config, beta_schedule)
     lo, hi = float(train[0]), float(train[-1])
@@ -110,7 +111,7 @@ def computed_schedule(name: str, steps: int, config: Mapping[str, Any], beta_sch
 
 
 def named_schedule(sampler: str, schedule: str, steps: int, config: str | Mapping[str, Any],
-                   beta_schedule: BetaSchedule = "model") -> list[float]:
+                   beta_schedule: BetaSchedule = "model") -> Sigmas:
     """The sigmas a sampler would visit for a named schedule (trailing 0 included)."""
     from nodes.schedulers import make_scheduler
 
@@ -131,7 +132,7 @@ def named_schedule(sampler: str, schedule: str, steps: int, config: str | Mappin
 
 
 def sigmas_to_timesteps(sigmas: list[float], config: Mapping[str, Any], beta_schedule: BetaSchedule = "model"
-                        ) -> list[float]:
+                        ) -> Sigmas:
     """Timesteps (fractional) of each sigma but the last, by interpolation in log sigma (as diffusers does)."""
     train = training_sigmas(config, beta_schedule)
     logs = np.log(train)
@@ -157,54 +158,59 @@ def _comfy_turbo(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                                         "timesteps": [999 - 100 * i for i in range(start, start + steps)]}}}
 
 
-@node(category="sampling/schedules", version=1, outputs={"sigmas": "SIGMAS"}, check=_check_schedule,
+@node(category="sampling/schedules", version=1, check=_check_schedule,
       comfy=ComfyMapping("BasicScheduler", _comfy_basic, (("", "sigmas"),)))
 def Schedule(unet: UNetHandle, sampler: SamplerName = "euler", scheduler: ScheduleName = "normal", steps: Steps = 20,
              denoise: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0, beta_schedule: BetaSchedule = "model"
-             ) -> list[float]:
+             ) -> Sigmas:
     """The sigmas a named schedule visits for this model. denoise < 1 keeps the last ``steps`` of a
     schedule ``steps / denoise`` long (ComfyUI's BasicScheduler)."""
     total = steps if denoise >= 1.0 else int(steps / denoise)
     return named_schedule(sampler, scheduler, total, unet.scheduler_config, beta_schedule)[-(steps + 1):]
 
 
-@node(category="sampling/schedules", version=1, outputs={"sigmas": "SIGMAS"},
+@node(category="sampling/schedules", version=1,
       comfy=rename_mapping("KarrasScheduler", "KarrasSchedule",
                            {"steps": "steps", "sigma_max": "sigma_max", "sigma_min": "sigma_min", "rho": "rho"},
                            ("sigmas",)))
 def KarrasSchedule(steps: Steps = 20, sigma_max: Positive = 14.614642, sigma_min: Positive = 0.0291675,
-                   rho: Positive = 7.0) -> list[float]:
+                   rho: Positive = 7.0) -> Sigmas:
     """Karras et al.'s schedule: evenly spaced in sigma^(1/rho) from sigma_max to sigma_min, then 0."""
     return karras(steps, sigma_min, sigma_max, rho)
 
 
-@node(category="sampling/schedules", version=1, outputs={"sigmas": "SIGMAS"},
+@node(category="sampling/schedules", version=1,
       comfy=rename_mapping("ExponentialScheduler", "ExponentialSchedule",
                            {"steps": "steps", "sigma_max": "sigma_max", "sigma_min": "sigma_min"}, ("sigmas",)))
 def ExponentialSchedule(steps: Steps = 20, sigma_max: Positive = 14.614642, sigma_min: Positive = 0.0291675
-                        ) -> list[float]:
+                        ) -> Sigmas:
     """Evenly spaced in log sigma from sigma_max to sigma_min, then 0."""
     return exponential(steps, sigma_min, sigma_max)
 
 
-@node(category="sampling/schedules", version=1, outputs={"sigmas": "SIGMAS"},
+@node(category="sampling/schedules", version=1,
       comfy=ComfyMapping("SDTurboScheduler", _comfy_turbo, (("", "sigmas"),)))
-def TimestepSchedule(unet: UNetHandle, timesteps: list[Annotated[float, Field(ge=0)]]) -> list[float]:
+def TimestepSchedule(unet: UNetHandle, timesteps: list[Annotated[float, Field(ge=0)]]) -> Sigmas:
     """The model's sigmas at these (descending) training timesteps, then 0."""
     train = training_sigmas(json.loads(unet.scheduler_config))
     return [*np.interp(timesteps, np.arange(len(train)), train).tolist(), 0.0]
 
 
-@node(category="sampling/schedules", version=1, outputs={"high": "SIGMAS", "low": "SIGMAS"},
+class SplitSigmas(NamedTuple):
+    high: Sigmas
+    low: Sigmas
+
+
+@node(category="sampling/schedules", version=1,
       comfy=rename_mapping("SplitSigmas", "SplitSchedule", {"sigmas": "sigmas", "step": "step"}, ("high", "low")))
-def SplitSchedule(sigmas: Sigmas, step: Annotated[int, Field(ge=0)] = 0) -> tuple[list[float], list[float]]:
+def SplitSchedule(sigmas: Sigmas, step: Annotated[int, Field(ge=0)] = 0) -> SplitSigmas:
     """Cut a schedule at a step: ``high`` runs steps 0..step-1, ``low`` the rest (they share sigma[step])."""
-    return list(sigmas[: step + 1]), list(sigmas[step:])
+    return SplitSigmas(list(sigmas[: step + 1]), list(sigmas[step:]))
 
 
-@node(category="sampling/schedules", version=1, outputs={"sigmas": "SIGMAS"},
+@node(category="sampling/schedules", version=1,
       comfy=rename_mapping("FlipSigmas", "FlipSchedule", {"sigmas": "sigmas"}, ("sigmas",)))
-def FlipSchedule(sigmas: Sigmas) -> list[float]:
+def FlipSchedule(sigmas: Sigmas) -> Sigmas:
     """Reverse a schedule (for unsampling); a leading 0 becomes a tiny positive sigma, as in ComfyUI."""
     flipped = list(reversed(sigmas))
     if flipped and flipped[0] == 0:

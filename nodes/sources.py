@@ -78,20 +78,19 @@ def _hub_download(repo_id: str, variant: str | None) -> Path:
                           "source to a local diffusers folder or .safetensors file") from None
 
 
-def resolve_path(source: str, variant: str | None = None) -> tuple[Path, Literal["diffusers", "single_file"]]:
-    """The local folder or file a source string names (building or downloading it if needed)."""
-    if source.startswith("builtin:"):
-        from nodes.tiny import BUILD_VERSION, BUILTINS, make_tiny_model
+SourceKind = Literal["builtin", "diffusers", "single_file", "hub"]
 
-        name = source.split(":", 1)[1]
-        if name not in BUILTINS:
+
+def check_source(source: str) -> SourceKind:
+    """What a source string names, checked cheaply (no hashing, building or downloading): validation calls
+    it, so a missing path or a pickle checkpoint is refused before anything runs. Raises SourceError."""
+    if source.startswith("builtin:"):
+        from nodes.tiny import BUILTINS
+
+        if source.split(":", 1)[1] not in BUILTINS:
             raise SourceError(f"unknown built-in model {source!r}; built-ins: "
                               f"{', '.join('builtin:' + b for b in BUILTINS)}")
-        folder = active_settings().state_root / "models" / f"{name}-v{BUILD_VERSION}"
-        if not (folder / "model_index.json").is_file():
-            logger.info("building %s into %s (random weights)", source, folder)
-            make_tiny_model(folder, in_channels=BUILTINS[name])
-        return folder, "diffusers"
+        return "builtin"
     path = Path(source).expanduser()
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise SourceError(f"{path}: {path.suffix} checkpoints are pickle files, which can run code when loaded; "
@@ -99,14 +98,33 @@ def resolve_path(source: str, variant: str | None = None) -> tuple[Path, Literal
     if path.is_dir():
         if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():
             raise SourceError(f"{path}: not a diffusers-format model folder (no model_index.json or unet/)")
-        return path, "diffusers"
+        return "diffusers"
     if path.is_file():
         if path.suffix.lower() != ".safetensors":
             raise SourceError(f"{path}: not a .safetensors checkpoint or diffusers folder")
-        return path, "single_file"
+        return "single_file"
+    if path.exists():
+        raise SourceError(f"{path}: not a regular file or folder")
     if HUB_ID.match(source) and not source.startswith((".", "/", "~")):
-        return _hub_download(source, variant), "diffusers"
+        return "hub"
     raise SourceError(f"{source}: no such file or directory (and not a hub id like 'org/name' or a builtin:)")
+
+
+def resolve_path(source: str, variant: str | None = None) -> tuple[Path, Literal["diffusers", "single_file"]]:
+    """The local folder or file a source string names (building or downloading it if needed)."""
+    kind = check_source(source)
+    if kind == "builtin":
+        from nodes.tiny import BUILD_VERSION, BUILTINS, make_tiny_model
+
+        name = source.split(":", 1)[1]
+        folder = active_settings().state_root / "models" / f"{name}-v{BUILD_VERSION}"
+        if not (folder / "model_index.json").is_file():
+            logger.info("building %s into %s (random weights)", source, folder)
+            make_tiny_model(folder, in_channels=BUILTINS[name])
+        return folder, "diffusers"
+    if kind == "hub":
+        return _hub_download(source, variant), "diffusers"
+    return Path(source).expanduser(), kind
 
 
 def _file_digest(path: Path, memo_dir: Path) -> str:

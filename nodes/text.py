@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 from pydantic import Field
 
 from nodegraph import ComfyMapping, RunContext, node, rename_mapping
+from nodegraph.node import PERSIST
 from nodes.models import ClipHandle, manager
-from nodes.payloads import Conditioning
-from nodes.prompt_syntax import has_weighting, parse_weighted
+from nodes.payloads import Conditioning, require_finite
+from nodes.prompt_syntax import PromptWeightError, has_weighting, parse_weighted
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
+
+NODE_DEPENDS = ("torch", "transformers")
 
 
 def _hidden(encoder: Any, ids: torch.Tensor, clip_skip: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,6 +43,8 @@ def _encode_reference(tokenizer: Any, encoder: Any, text: str, clip_skip: int | 
 def _encode_chunked(tokenizer: Any, encoder: Any, text: str, clip_skip: int | None):
     """Weighted prompt in 75-token chunks, each framed by BOS/EOS and padded to 77; weights scale the
     hidden states, then the chunk is rescaled to keep its original mean (the A1111 convention)."""
+    import torch
+
     window = tokenizer.model_max_length - 2
     ids: list[int] = []
     weights: list[float] = []
@@ -68,17 +75,31 @@ def _comfy_sdxl_encode(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                                    "prompt_2": inputs.get("text_g", "")}}}
 
 
-@node(category="conditioning", version=1, outputs={"conditioning": Conditioning}, persist=True,
+def _check(prompt: str | None = None, prompt_2: str | None = None, weighting: bool = True,
+           **_: Any) -> list[tuple[str | None, str]]:
+    """Prompt weights that would overflow are refused before anything runs."""
+    problems: list[tuple[str | None, str]] = []
+    for name, text in (("prompt", prompt), ("prompt_2", prompt_2)):
+        if weighting and text is not None and has_weighting(text):
+            try:
+                parse_weighted(text)
+            except PromptWeightError as exc:
+                problems.append((name, str(exc)))
+    return problems
+
+
+@node(category="conditioning", version=1, cache=PERSIST, check=_check,
       comfy=(rename_mapping("CLIPTextEncode", "EncodePrompt", {"text": "prompt", "clip": "clip"},
                             ("conditioning",)),
              ComfyMapping("CLIPTextEncodeSDXL", _comfy_sdxl_encode, (("", "conditioning"),))))
 def EncodePrompt(
     clip: ClipHandle,
-    prompt: str,
+    prompt: Annotated[str, Field(description="the text for CLIP ViT-L (and for ViT-bigG unless prompt_2 is set)")],
     ctx: RunContext,
-    prompt_2: str | None = None,
-    clip_skip: Annotated[int, Field(ge=0, le=10)] | None = None,
-    weighting: bool = True,
+    prompt_2: Annotated[str, Field(description="the text for OpenCLIP ViT-bigG")] | None = None,
+    clip_skip: Annotated[int, Field(ge=0, le=10, description="skip this many final CLIP layers")] | None = None,
+    weighting: Annotated[bool, Field(description="read (word:1.3) emphasis and encode long prompts in chunks")]
+    = True,
 ) -> Conditioning:
     """Encode a prompt with both SDXL text encoders.
 
@@ -87,6 +108,8 @@ def EncodePrompt(
     `[word]` set emphasis and prompts over 75 tokens are encoded in chunks; a prompt using neither is
     encoded exactly as diffusers does. With weighting off, long prompts are truncated (with a warning).
     """
+    import torch
+
     models = manager(ctx)
     hidden_list, pooled = [], None
     with torch.no_grad():
@@ -111,6 +134,7 @@ def EncodePrompt(
         longest = max(lengths)
         hidden_list = [_pad_chunks(h, longest) for h in hidden_list]
     embeds = torch.cat(hidden_list, dim=-1)
+    require_finite("EncodePrompt", hidden_states=embeds, pooled_embedding=pooled)
     return Conditioning(embeds.to(clip.ref.torch_dtype), pooled.to(clip.ref.torch_dtype))
 
 

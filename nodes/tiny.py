@@ -108,8 +108,10 @@ def make_tiny_model(folder: str | os.PathLike[str], in_channels: int = 9, seed: 
                 cfg = CLIPTextConfig(**configs[sub], vocab_size=vocab_size, bos_token_id=eos - 1, eos_token_id=eos,
                                      pad_token_id=eos)
                 cls(cfg).eval().save_pretrained(work / sub, safe_serialization=True)
-            UNet2DConditionModel(**configs["unet"]).save_pretrained(work / "unet", safe_serialization=True)
-            AutoencoderKL(**configs["vae"]).save_pretrained(work / "vae", safe_serialization=True)
+            unet: Any = UNet2DConditionModel(**configs["unet"])  # diffusers' mixins are invisible to mypy
+            unet.save_pretrained(work / "unet", safe_serialization=True)
+            vae: Any = AutoencoderKL(**configs["vae"])
+            vae.save_pretrained(work / "vae", safe_serialization=True)
         finally:
             torch.random.set_rng_state(generator_state)
         (work / "scheduler").mkdir()
@@ -212,13 +214,13 @@ def make_full_size_model(folder: str | os.PathLike[str], in_channels: int = 9, s
                 model = cls(CLIPTextConfig(**cfg))
             _fill_random(model, generator, torch_dtype).save_pretrained(work / sub, safe_serialization=True)
             del model
-        for sub, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
+        for sub, model_cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
             cfg = {k: v for k, v in configs[sub].items() if not k.startswith("_")}
             with init_empty_weights():
-                model = cls(**cfg)
-            model = _fill_random(model, generator, torch.float32 if sub == "vae" else torch_dtype)
-            model.save_pretrained(work / sub, safe_serialization=True)
-            del model
+                component: Any = model_cls(**cfg)
+            component = _fill_random(component, generator, torch.float32 if sub == "vae" else torch_dtype)
+            component.save_pretrained(work / sub, safe_serialization=True)
+            del component
         (work / "scheduler").mkdir()
         (work / "scheduler" / "scheduler_config.json").write_text(json.dumps(configs["scheduler"], indent=2))
         (work / "model_index.json").write_text(json.dumps({

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nodegraph import Graph
+from nodegraph import Engine, Graph, RunResult
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_IMAGE = ROOT / "workflows" / "demo_image.png"
 DEMO_MASK = ROOT / "workflows" / "demo_mask.png"
+FAST = {"steps": 3}
+
+
+def run(graph: Graph, tmp_path: Path, **kwargs: object) -> RunResult:
+    """Run a graph in a fresh engine, writing into tmp_path."""
+    return Engine().run(graph, output_dir=tmp_path, **kwargs)  # type: ignore[arg-type]
 
 
 def inpaint_graph(source: str, *, prompt: str = "a red apple", prompt_2: str | None = None,

@@ -19,6 +19,7 @@ def at_root(monkeypatch):
     monkeypatch.chdir(ROOT)  # ComfyUI image names are relative paths
 
 
+@pytest.mark.slow
 def test_inpaint_model_conditioning_workflow(builtin_models_dir, at_root, tmp_path):
     graph = load_workflow(COMFY / "inpaint_api.json")
     assert graph.nodes["20"].type == "DownsampleMask" and graph.nodes["20.enc"].type == "VAEEncode"
@@ -41,6 +42,7 @@ def test_inpaint_model_conditioning_workflow(builtin_models_dir, at_root, tmp_pa
     assert torch.equal(result["15"]["image"][keep], result["10"]["image"][keep])
 
 
+@pytest.mark.slow
 def test_vae_encode_for_inpaint_workflow(builtin_models_dir, at_root, tmp_path):
     graph = load_workflow(COMFY / "encode_for_inpaint_api.json")
     assert graph.nodes["5"].inputs["mode"] == "max"  # grow_mask_by > 0 keeps thin strokes
@@ -48,6 +50,7 @@ def test_vae_encode_for_inpaint_workflow(builtin_models_dir, at_root, tmp_path):
     assert result.ok and result["6"]["latent"].samples.shape == (1, 4, 12, 16)
 
 
+@pytest.mark.slow
 def test_sdxl_text_to_image_workflow(builtin_models_dir, at_root, tmp_path):
     graph = load_workflow(COMFY / "txt2img_sdxl_api.json")
     assert graph.nodes["6"].inputs["prompt_2"] == "a lighthouse at dusk"

@@ -201,8 +201,9 @@ def test_memory_and_disk_tiers_answer_in_the_same_shape(tmp_path):
         assert store.get(KEY) == (True, {"v": 3}) and store.contains(KEY)
 
 
-SALTED_RUN = ("import sys; sys.path.insert(0, {root!r}); import tests.toy_nodes; from nodegraph import REGISTRY; "
-              "object.__setattr__(REGISTRY.get('Add'), 'salt', sys.argv[1]); from nodegraph.cli import main; "
+SALTED_RUN = ("import sys; sys.path.insert(0, {root!r}); import tests.toy_nodes; "
+              "import nodegraph; sys.modules['nodegraph.node'].environment_salt = lambda package, depends: sys.argv[1]; "
+              "from nodegraph.cli import main; "
               "sys.exit(main(sys.argv[2:]))")
 
 

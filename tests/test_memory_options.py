@@ -32,6 +32,7 @@ def plain(tiny_models, tmp_path):
     return images(tiny_models, tmp_path)
 
 
+@pytest.mark.slow
 def test_sliced_attention_matches(tiny_models, tmp_path, plain, caplog):
     with caplog.at_level(logging.WARNING):
         sliced = images(tiny_models, tmp_path, attention="sliced")
@@ -39,11 +40,13 @@ def test_sliced_attention_matches(tiny_models, tmp_path, plain, caplog):
     assert "mostly costs time" in caplog.text
 
 
+@pytest.mark.slow
 def test_vae_slicing_is_exact(tiny_models, tmp_path):
     assert torch.equal(images(tiny_models, tmp_path, batch_size=2, vae_slicing=True),
                        images(tiny_models, tmp_path, batch_size=2))
 
 
+@pytest.mark.slow
 def test_vae_tiling_is_exact_within_one_tile_and_bounded_beyond(tiny_models, tmp_path):
     small_image, small_mask = tmp_path / "img64.png", tmp_path / "mask64.png"
     Image.open(DEMO_IMAGE).resize((64, 64)).save(small_image)
@@ -57,6 +60,7 @@ def test_vae_tiling_is_exact_within_one_tile_and_bounded_beyond(tiny_models, tmp
     assert 0 < float((tiled - plain).abs().mean()) <= 0.05  # measured 0.029 here
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how, bound", [("int8", 0.02), ("fp8", 0.05)])
 def test_weight_quantization_runs_on_cpu_within_bounds(tiny_models, tmp_path, plain, how, bound):
     pytest.importorskip("optimum.quanto")
@@ -84,6 +88,7 @@ def test_cuda_only_options_fail_validation_without_cuda(tiny_models, option, val
     assert issue.node == "checkpoint" and issue.input == option and fragment in issue.message
 
 
+@pytest.mark.slow
 @needs_cuda
 @pytest.mark.parametrize("offload", ["model", "sequential", "group"])
 def test_offload_matches_on_cuda(tiny_models, tmp_path, offload):
@@ -92,12 +97,14 @@ def test_offload_matches_on_cuda(tiny_models, tmp_path, offload):
     assert float((moved - base).abs().max()) <= 1e-3
 
 
+@pytest.mark.slow
 @needs_cuda
 def test_nf4_runs_on_cuda(tiny_models, tmp_path):
     pytest.importorskip("bitsandbytes")
     assert torch.isfinite(images(tiny_models, tmp_path, device="cuda", quantize="nf4")).all()
 
 
+@pytest.mark.slow
 def test_decode_out_of_memory_falls_back_to_tiles(tiny_models, tmp_path, monkeypatch, caplog):
     from diffusers import AutoencoderKL
 
@@ -125,6 +132,7 @@ def test_decode_out_of_memory_falls_back_to_tiles(tiny_models, tmp_path, monkeyp
     assert float((result["decode"]["image"] - expected).abs().max()) <= 1e-5
 
 
+@pytest.mark.slow
 def test_model_budget_unloads_least_recently_used(tiny_models, tmp_path, plain):
     engine = Engine()
     unet_bytes = (tiny_models[9] / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
@@ -137,6 +145,7 @@ def test_model_budget_unloads_least_recently_used(tiny_models, tmp_path, plain):
     assert manager.loaded_components()[-1] == "vae_decoder"  # the most recently used stays
 
 
+@pytest.mark.slow
 def test_quantized_unet_is_kept_and_reloaded_without_full_precision(tiny_models, tmp_path, monkeypatch,
                                                                      _isolated_cache):
     pytest.importorskip("optimum.quanto")

@@ -8,10 +8,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from nodes.tiny import make_tiny_model
 from tests.sdxl_graphs import ROOT
+
+pytestmark = pytest.mark.slow  # end-to-end runs of the tiny model
 
 DEMO = ROOT / "workflows" / "demo_tiny.json"
 

@@ -18,6 +18,8 @@ from nodes.schedulers import BUILTIN_SAMPLERS, COMPUTED_SCHEDULES, FLAG_SCHEDULE
 from nodes.schedules import computed_schedule, sigmas_to_timesteps
 from tests.sdxl_graphs import DEMO_IMAGE, DEMO_MASK, inpaint_graph
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the tiny model
+
 TOL = 1e-4
 
 

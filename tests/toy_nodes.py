@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 from pydantic import Field
 
 from nodegraph import RunContext, node, payload, rename_mapping
 from nodegraph.files import atomic_write_bytes
+from nodegraph.node import PERSIST
 from nodegraph.types import MODEL_SOURCE, READ_PATH, WRITE_PATH
 
 CALLS: list[str] = []  # which toy functions ran, for tests that count executions
@@ -22,21 +23,34 @@ class Text:
     value: str
 
 
-@node(category="toy", outputs={"value": int})
-def Number(value: Annotated[int, Field(ge=-1000, le=1000)] = 0) -> int:
+class Value(NamedTuple):  # one output named "value" (a bare `-> int` would be named "int")
+    value: int
+
+
+class Sum(NamedTuple):
+    sum: int
+
+
+class TextAndLength(NamedTuple):
+    text: Text
+    length: int
+
+
+@node(category="toy")
+def Number(value: Annotated[int, Field(ge=-1000, le=1000)] = 0) -> Value:
     """A constant integer."""
     CALLS.append("Number")
-    return value
+    return Value(value)
 
 
-@node(category="toy", outputs={"sum": int}, persist=True)
-def Add(a: int, b: int = 0) -> int:
+@node(category="toy", cache=PERSIST)
+def Add(a: int, b: int = 0) -> Sum:
     """a + b."""
     CALLS.append("Add")
-    return a + b
+    return Sum(a + b)
 
 
-@node(category="toy", outputs={"text": Text}, persist=True)
+@node(category="toy", cache=PERSIST)
 def Format(n: int, style: Literal["plain", "brackets"] = "plain", pair: list[int] | None = None) -> Text:
     """Render a number as text."""
     CALLS.append("Format")
@@ -46,27 +60,27 @@ def Format(n: int, style: Literal["plain", "brackets"] = "plain", pair: list[int
     return Text(body)
 
 
-@node(category="toy", outputs={"text": Text, "length": int})
-def Split(text: Text) -> tuple[Text, int]:
+@node(category="toy")
+def Split(text: Text) -> TextAndLength:
     """The text and its length."""
     CALLS.append("Split")
-    return text, len(text.value)
+    return TextAndLength(text, len(text.value))
 
 
-@node(category="toy", outputs={"value": int})
-def Fail(x: int, message: str = "boom") -> int:
+@node(category="toy")
+def Fail(x: int, message: str = "boom") -> Value:
     """Always raises."""
     raise RuntimeError(message)
 
 
-@node(category="toy", outputs={"value": int})
-def Count(n: int, ctx: RunContext, steps: Annotated[int, Field(ge=1)] = 5) -> int:
+@node(category="toy")
+def Count(n: int, ctx: RunContext, steps: Annotated[int, Field(ge=1)] = 5) -> Value:
     """Counts through steps with progress; a cancellation point at each step."""
     CALLS.append("Count")
     bar = ctx.progress(steps)
     for _ in range(steps):
         bar.update()
-    return n
+    return Value(n)
 
 
 @node(category="toy", output=True,
@@ -80,12 +94,11 @@ def WriteText(text: Text, ctx: RunContext, name: str = "out") -> list[str]:
     return [str(path)]
 
 
-@node(category="toy", outputs={"value": int},
-      comfy=rename_mapping("PrimitiveInt", "Number", {"value": "value"}, ("value",)))
-def Square(x: int) -> int:
+@node(category="toy", comfy=rename_mapping("PrimitiveInt", "Number", {"value": "value"}, ("value",)))
+def Square(x: int) -> Value:
     """x * x."""
     CALLS.append("Square")
-    return x * x
+    return Value(x * x)
 
 
 @node(category="toy", output=True)
