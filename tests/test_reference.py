@@ -46,9 +46,10 @@ def pipeline(tiny_models, channels: int) -> tuple[StableDiffusionXLInpaintPipeli
 def reference(tiny_models, channels: int, *, prompt="a red apple", prompt_2=None, negative=None, seed=0,
               batch_size=1, steps=6, guidance_scale=7.5, guidance_rescale=0.0, sampler="euler",
               scheduler="normal", strength=0.9999, denoising_start=None, denoising_end=None,
-              image=None, output_type="np", masked_image_latents=None, sigmas=None, timesteps=None):
+              image=None, output_type="np", masked_image_latents=None, sigmas=None, timesteps=None,
+              beta_schedule="model"):
     pipe, scheduler_config = pipeline(tiny_models, channels)
-    pipe.scheduler = make_scheduler(sampler, scheduler, scheduler_config, seed=seed)
+    pipe.scheduler = make_scheduler(sampler, scheduler, scheduler_config, beta_schedule, seed=seed)
     init = Image.open(DEMO_IMAGE).convert("RGB")
     mask = Image.open(DEMO_MASK).convert("L")
     return pipe(prompt=prompt, prompt_2=prompt_2, negative_prompt=negative, image=init if image is None else image,
@@ -109,6 +110,17 @@ def test_every_sampler_with_every_named_schedule_it_takes_matches_pipeline(tiny_
     expected = reference(tiny_models, 9, **options)
     got = graph_images(tiny_models, 9, tmp_path, **options)
     assert float(np.abs(got.numpy() - expected).max()) <= TOL
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2"])
+def test_beta_schedule_matches_pipeline_with_that_training_schedule(tiny_models, tmp_path, posterior_mode,
+                                                                    beta_schedule):
+    options = {"beta_schedule": beta_schedule, "sampler": "dpmpp_2m", "steps": 5}
+    expected = reference(tiny_models, 4, **options)
+    got = graph_images(tiny_models, 4, tmp_path, **options)
+    default = graph_images(tiny_models, 4, tmp_path, sampler="dpmpp_2m", steps=5)
+    assert float(np.abs(got.numpy() - expected).max()) <= TOL
+    assert float((got - default).abs().max()) > 1e-3  # it does change the result
 
 
 SCHEDULE_CASES = [
