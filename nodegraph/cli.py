@@ -31,7 +31,7 @@ from nodegraph.graph import Graph
 from nodegraph.node import REGISTRY
 from nodegraph.settings import DEFAULT_DISK_BYTES, EngineSettings, PathPolicy, default_cache_dir
 from nodegraph.validation import validate
-from nodegraph.workflow import BASE_DIR_KEY, _decode_input, is_png, load_workflow
+from nodegraph.workflow import BASE_DIR_KEY, apply_override, is_png, load_workflow
 
 COMMANDS_ENTRY_POINT = "nodegraph.commands"
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -70,20 +70,20 @@ def _print_issues(err: WorkflowError, as_json: bool) -> None:
             print(f"  - [{issue.kind}] {issue}", file=sys.stderr)
 
 
+def parse_set(item: str) -> tuple[str, Any]:
+    """``NODE.INPUT=VALUE`` → (``NODE.INPUT``, value); VALUE is JSON when it parses, else a string."""
+    target, sep, raw = item.partition("=")
+    if not sep or "." not in target:
+        raise WorkflowError([_usage_issue(f"--set {item!r}: write NODE.INPUT=VALUE")])
+    try:
+        return target, json.loads(raw)
+    except ValueError:
+        return target, raw
+
+
 def _apply_sets(graph: Any, sets: list[str]) -> None:
     for item in sets:
-        target, sep, raw = item.partition("=")
-        node_id, dot, input_name = target.rpartition(".")
-        if not sep or not dot or not node_id or not input_name:
-            raise WorkflowError([_usage_issue(f"--set {item!r}: write NODE.INPUT=VALUE")])
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        issues: list[Any] = []
-        graph.set_input(node_id, input_name, _decode_input(value, node_id, input_name, issues))
-        if issues:
-            raise WorkflowError(issues)
+        apply_override(graph, *parse_set(item))
 
 
 def _usage_issue(message: str) -> Any:
@@ -137,22 +137,35 @@ def _write_report(path: Path | None, doc: dict[str, Any]) -> None:
 
 
 def _policy(args: argparse.Namespace, graph: Graph, output_dir: Path, settings: EngineSettings) -> PathPolicy:
+    return run_policy(Path(args.file), graph, output_dir, settings, trust_workflow=args.trust_workflow,
+                      allow_outside_writes=args.allow_outside_writes)
+
+
+def run_policy(source: Path, graph: Graph, output_dir: Path, settings: EngineSettings, *,
+               trust_workflow: bool = False, allow_outside_writes: bool = False) -> PathPolicy:
     """Writes stay in the output directory; a workflow from a PNG is untrusted and reads only beside it.
 
     Relative paths resolve against the workflow file's folder; for a PNG, against the folder recorded in it
     when it was written (if that still exists), else the PNG's folder.
     """
-    source = Path(args.file).expanduser().resolve()
+    source = source.expanduser().resolve()
     base = source.parent
     read_roots: tuple[Path, ...] | None = None
     if is_png(source):
         recorded = graph.metadata.get(BASE_DIR_KEY)
         if isinstance(recorded, str) and Path(recorded).is_dir():
             base = Path(recorded)
-        if not args.trust_workflow:
+        if not trust_workflow:
             read_roots = (source.parent, *settings.models_dirs)
     return PathPolicy(write_roots=(output_dir,), read_roots=read_roots, base_dir=base,
-                      allow_outside_writes=args.allow_outside_writes)
+                      allow_outside_writes=allow_outside_writes)
+
+
+def embedded_workflow(graph: Graph, policy: PathPolicy) -> str:
+    """The workflow JSON that outputs embed, so a rerun from a PNG resolves relative paths as this run did."""
+    embedded = graph.to_dict()
+    embedded.setdefault("metadata", {})[BASE_DIR_KEY] = str(policy.base_dir)
+    return json.dumps(embedded, indent=None)
 
 
 def _quiet_libraries() -> None:
@@ -192,14 +205,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\ninterrupt: stopping after the current step (Ctrl-C again to stop at once)", file=sys.stderr)
         cancel.cancel()
 
-    # Embedded in PNGs we write, so a rerun from the PNG resolves relative paths as this run did.
-    embedded = graph.to_dict()
-    embedded.setdefault("metadata", {})[BASE_DIR_KEY] = str(policy.base_dir)
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:  # Engine.run validates before anything runs; an invalid graph raises WorkflowError from there
         result = engine.run(graph, cancel=cancel, raise_on_error=False, policy=policy,
                             listener=None if args.quiet else TqdmListener(),
-                            workflow_json=json.dumps(embedded, indent=None))
+                            workflow_json=embedded_workflow(graph, policy))
     except WorkflowError as err:
         _print_issues(err, False)
         _write_report(report_path, {"ok": False, "error": {"message": "invalid workflow"},
@@ -240,6 +250,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": True, "nodes": len(vg.order), "outputs": vg.outputs}))
     else:
         print(f"ok: {len(vg.order)} nodes, output nodes {vg.outputs}")
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from nodegraph.comfy_ui import convert_workflow
+    from nodegraph.workflow import read_workflow_data
+
+    converted = convert_workflow(read_workflow_data(args.file), args.to, REGISTRY, args.file)
+    text = json.dumps(converted, indent=2) + "\n"
+    if args.output:
+        atomic_write_bytes(args.output, text.encode())
+    else:
+        sys.stdout.write(text)
     return EXIT_OK
 
 
@@ -315,6 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("convert", help="print a workflow (native, ComfyUI UI or API format, PNG) converted")
+    p.add_argument("file")
+    p.add_argument("--to", choices=["native", "api"], default="native",
+                   help="native v1 (default) or ComfyUI API format")
+    p.add_argument("-o", "--output", metavar="OUT", help="write here instead of printing")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("nodes", help="list node types with inputs, outputs and docs")
     p.add_argument("--json", action="store_true")

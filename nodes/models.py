@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 from pydantic import Field
 
-from nodegraph import RunContext, node, rename_mapping
+from nodegraph import RunContext, node
 from nodegraph.node import CachePolicy
 from nodegraph.settings import active_settings
 from nodegraph.types import MODEL_SOURCE
@@ -310,8 +310,7 @@ class Checkpoint(NamedTuple):
 
 # Handles are cheap and name local state (paths): LoadCheckpoint runs every time, keyed by content.
 @node(category="loaders", version=2, cache=CachePolicy.reads(_source_fingerprint, "source", "config", memory=False),
-      check=_check, comfy=rename_mapping("CheckpointLoaderSimple", "LoadCheckpoint", {"ckpt_name": "source"},
-                           ("unet", "clip", "vae")))
+      check=_check)
 def LoadCheckpoint(
     source: Annotated[str, MODEL_SOURCE, Field(description="a diffusers folder, a .safetensors file, a hub id "
                                                            "or builtin:tiny-sdxl-inpaint")],

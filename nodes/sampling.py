@@ -360,30 +360,8 @@ def _check(sampler: str | None = None, scheduler: str = "normal", denoising_star
     return problems
 
 
-def _comfy_sample(inputs: dict[str, Any], seed: Any, **extra: Any) -> dict[str, dict[str, Any]]:
-    ours = {"unet": inputs["model"], "seed": seed, "steps": inputs.get("steps", 20),
-            "guidance_scale": inputs.get("cfg", 8.0), "sampler": inputs.get("sampler_name", "euler"),
-            "scheduler": inputs.get("scheduler", "normal"), "positive": inputs["positive"],
-            "negative": inputs.get("negative"), "latent": inputs["latent_image"], **extra}
-    return {"": {"type": "Sample", "inputs": {k: v for k, v in ours.items() if v is not None}}}
-
-
-def _comfy_ksampler(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return _comfy_sample(inputs, inputs.get("seed", 0), strength=inputs.get("denoise", 1.0))
-
-
-def _comfy_ksampler_advanced(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    # ComfyUI counts in steps; diffusers' denoising_start/end are fractions of the schedule.
-    steps = int(inputs.get("steps", 20))
-    start, end = int(inputs.get("start_at_step", 0)), int(inputs.get("end_at_step", 10000))
-    return _comfy_sample(inputs, inputs.get("noise_seed", 0), strength=1.0,
-                         denoising_start=start / steps if 0 < start < steps else None,
-                         denoising_end=end / steps if 0 < end < steps else None)
-
-
-@node(category="sampling", version=2, cache=PERSIST, check=_check,
-      comfy=(ComfyMapping("KSampler", _comfy_ksampler, (("", "latent"),)),
-             ComfyMapping("KSamplerAdvanced", _comfy_ksampler_advanced, (("", "latent"),))))
+# ComfyUI's KSampler / KSamplerAdvanced map onto Sample in nodes/comfyui.py.
+@node(category="sampling", version=2, cache=PERSIST, check=_check)
 def Sample(
     unet: UNetHandle,
     positive: Conditioning,

@@ -70,7 +70,7 @@ def test_replaced_weights_at_the_same_path_miss_every_dependent_entry(tmp_path):
     workflow = json.loads(DEMO.read_text())
     workflow["nodes"]["checkpoint"]["inputs"]["source"] = str(model)
     for node in ("image", "mask"):
-        workflow["nodes"][node]["inputs"]["path"] = str(ROOT / workflow["nodes"][node]["inputs"]["path"])
+        workflow["nodes"][node]["inputs"]["path"] = str(DEMO.parent / workflow["nodes"][node]["inputs"]["path"])
     wf = tmp_path / "wf.json"
     wf.write_text(json.dumps(workflow))
     first = cli_run(tmp_path, "first", workflow=wf)
@@ -94,7 +94,7 @@ def test_same_weights_elsewhere_share_entries(tiny_models, tmp_path):
 
     workflow = json.loads(DEMO.read_text())
     for node in ("image", "mask"):
-        workflow["nodes"][node]["inputs"]["path"] = str(ROOT / workflow["nodes"][node]["inputs"]["path"])
+        workflow["nodes"][node]["inputs"]["path"] = str(DEMO.parent / workflow["nodes"][node]["inputs"]["path"])
     reports = []
     for i, where in enumerate(("a", "b")):
         shutil.copytree(tiny_models[9], tmp_path / where)
