@@ -359,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", default=None, help="prune down to this size, e.g. 2GiB")
     p.set_defaults(func=cmd_cache)
 
+    from nodegraph.server.cli import add_serve_command
+
+    add_serve_command(sub)
     for ep in metadata.entry_points(group=COMMANDS_ENTRY_POINT):
         ep.load()(sub)
     return parser

@@ -55,6 +55,8 @@ class ComfyInput:
     control_after_generate: bool = False
     image_upload: bool = False
     display: str | None = None
+    force_input: bool = False  # a socket in the editor, never a widget ("unset unless linked")
+    round: float | bool | None = None  # the editor rounds FLOAT widgets to ``step`` unless told otherwise
 
     @property
     def is_widget(self) -> bool:
@@ -77,6 +79,10 @@ class ComfyInput:
             opts["image_upload"] = True
         if self.display:
             opts["display"] = self.display
+        if self.round is not None:
+            opts["round"] = self.round
+        if self.force_input:
+            opts["forceInput"] = True
         if self.tooltip:
             opts["tooltip"] = self.tooltip
         if self.type == "COMBO":
@@ -183,9 +189,14 @@ def native_class(spec: NodeSpec) -> ComfyClass:
             continue
         choices = tuple(str(c) for c in described.get("choices", ()))
         kind = "COMBO" if choices else _PRIMITIVES.get(str(described.get("type")), str(described.get("type")).upper())
+        # An optional literal without a default means "unset unless linked": as a widget the editor would
+        # always send 0 or "" in its place, so it is offered as a socket.
+        unset_unless_linked = optional and ins.default is None and kind in WIDGET_TYPES
         inputs.append(ComfyInput(name, kind, ins.default if optional else None, described.get("minimum"),
-                                 described.get("maximum"), choices=choices, optional=optional,
-                                 control_after_generate=kind == "INT" and "seed" in name))
+                                 described.get("maximum"), step={"INT": 1, "FLOAT": 0.01}.get(kind),
+                                 choices=choices, optional=optional, tooltip=ins.description,
+                                 control_after_generate=kind == "INT" and "seed" in name,
+                                 force_input=unset_unless_linked, round=False if kind == "FLOAT" else None))
     node_type = spec.name
 
     def expand(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -206,7 +217,7 @@ def comfy_object_info(registry: Registry, files: Mapping[str, Sequence[str]] | N
     for class_type in sorted(registry.comfy):
         mapping = registry.comfy[class_type]
         if isinstance(mapping, ComfyClass):
-            out[class_type] = mapping.object_info(files, "nodegraph.comfy")
+            out[class_type] = mapping.object_info(files, "nodes")  # ComfyUI core nodes (not "an extension")
     for spec in registry.all().values():
         out[NATIVE_PREFIX + spec.name] = native_class(spec).object_info(files, spec.fn.__module__)
     return out
