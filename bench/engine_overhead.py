@@ -9,6 +9,7 @@ Run: python bench/engine_overhead.py
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -38,9 +39,17 @@ def BenchAdd(a: int, b: int) -> int:
     return a + b
 
 
+SINK_DIR = Path(tempfile.mkdtemp(prefix="nodegraph-bench-sink-"))
+
+
 @node(category="bench", output=True)
 def BenchSink(x: int) -> list[str]:
-    return []
+    # An output node must report files that exist (the engine checks). One small file, written once, so
+    # that file-system time does not swamp the executor's overhead being measured.
+    path = SINK_DIR / "sink.txt"
+    if not path.exists():
+        path.write_text("sink")
+    return [str(path)]
 
 
 def build() -> Graph:
@@ -171,4 +180,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        shutil.rmtree(SINK_DIR, ignore_errors=True)

@@ -222,9 +222,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not result.ok:
-        err = result.error
-        where = f"node {err.node_id!r} ({err.node_type})" if err is not None else "the engine"
-        what = f"{err.exception_type}: {err.message}" if err is not None else "unknown error"
+        failure = result.error
+        where = f"node {failure.node_id!r} ({failure.node_type})" if failure is not None else "the engine"
+        what = f"{failure.exception_type}: {failure.message}" if failure is not None else "unknown error"
         print(f"run failed in {where}: {what}", file=sys.stderr)
         return EXIT_FAILED
     if not args.quiet:
@@ -242,7 +242,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
-        vg = validate(load_workflow(args.file))
+        graph = load_workflow(args.file)
+        output_dir = Path(args.output_dir).expanduser().resolve()
+        vg = validate(graph, policy=_policy(args, graph, output_dir, EngineSettings.from_env()))
     except WorkflowError as err:
         _print_issues(err, args.json)
         return EXIT_INVALID
@@ -310,6 +312,15 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_policy_args(p: argparse.ArgumentParser, output_dir: bool = True) -> None:
+    if output_dir:
+        p.add_argument("--output-dir", default="outputs", help="where output nodes would write (default: ./outputs)")
+    p.add_argument("--allow-outside-writes", action="store_true",
+                   help="let the workflow write outside --output-dir (docs/security.md)")
+    p.add_argument("--trust-workflow", action="store_true",
+                   help="a workflow taken from a PNG may read files anywhere, not only beside the PNG")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodegraph", description="Run and inspect node-graph workflows.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -328,15 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the disk cache")
     p.add_argument("--dry-run", action="store_true", help="print the plan (what would run, what is cached) and stop")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
-    p.add_argument("--allow-outside-writes", action="store_true",
-                   help="let the workflow write outside --output-dir (docs/security.md)")
-    p.add_argument("--trust-workflow", action="store_true",
-                   help="a workflow taken from a PNG may read files anywhere, not only beside the PNG")
+    _add_policy_args(p, output_dir=False)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check a workflow without running it")
+    p = sub.add_parser("validate", help="check a workflow without running it (paths as `run` would check them)")
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
+    _add_policy_args(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("convert", help="print a workflow (native, ComfyUI UI or API format, PNG) converted")

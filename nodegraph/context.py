@@ -92,7 +92,7 @@ class RunContext:
         """A session-wide object (a model manager, say) shared by every run of the same engine."""
         if kind not in self.resources:
             self.resources[kind] = factory() if factory else kind()
-        return self.resources[kind]  # type: ignore[no-any-return]
+        return self.resources[kind]
 
     def record_loaded(self, component: str) -> None:
         """Tell the run report that a model component was read from disk during this run."""

@@ -148,7 +148,7 @@ class Engine:
                     external = spec.fingerprint(**literals)
                 except Exception as exc:
                     raise NodeExecutionError(n, spec.name, exc) from exc
-            upstream = {name: (keys[link.node], link.output) for name, link in vg.links[n].items()}
+            upstream = {name: (keys[link.node], str(link.output)) for name, link in vg.links[n].items()}
             if spec.content_inputs:
                 literals = {k: v for k, v in literals.items() if k not in spec.content_inputs}
             keys[n] = node_key(spec.name, spec.version, literals, upstream, external, salt=getattr(spec, "salt", ""))
@@ -293,7 +293,7 @@ class Engine:
                 t0 = time.perf_counter()
                 disk = self._disk()
                 found, value = disk.get(key) if disk is not None else (False, None)
-                if not found:
+                if not found or not isinstance(value, dict):
                     raise _Unreadable(key, "disk")
                 self.memory.put(key, value)
                 self._serve(run, n, spec, key, value, "disk", t0)
@@ -313,7 +313,7 @@ class Engine:
         t0 = time.perf_counter()
         kwargs = dict(run.vg.literals[n])
         for name, link in run.vg.links[n].items():
-            kwargs[name] = run.result.values[link.node][link.output]
+            kwargs[name] = run.result.values[link.node][str(link.output)]
         if spec.context_param is not None:
             kwargs[spec.context_param] = RunContext(n, run.output_dir, run.listener, run.cancel, self.resources,
                                                     run.result.loaded, run.workflow_json, self.settings,

@@ -203,12 +203,12 @@ class NodeSpec:
     def content_inputs(self) -> tuple[str, ...]:
         return self.cache.content_inputs
 
-    @property
+    @functools.cached_property
     def salt(self) -> str:
         """What persisted keys must include besides ``version``: the node pack's version and the major.minor
         of each library the node depends on, so an upgrade that changes the numbers misses old entries.
         Read from installed metadata (nothing is imported), memoised per process."""
-        return environment_salt(self.fn.__module__.split(".")[0], self.depends)
+        return environment_salt(self.fn.__module__.split(".")[0], tuple(sorted(set(self.depends))))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -498,8 +498,8 @@ def _build_spec(
     if outputs is None:
         out_types = _declared_outputs(name, hints.get("return"), is_output)
         ret = hints.get("return")
-        if _is_named_tuple(ret) and len(out_types) == 1:
-            fn = _unwrap_single(fn)
+        if isinstance(ret, type) and issubclass(ret, tuple) and _is_named_tuple(ret) and len(out_types) == 1:
+            fn = _unwrap_single(fn, name, ret)
     else:
         out_types = {}
         for out_name, ann in outputs.items():
@@ -526,11 +526,15 @@ def _build_spec(
                     check, tuple(depends))
 
 
-def _unwrap_single(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _unwrap_single(fn: Callable[..., Any], name: str, declared: type[tuple[Any, ...]]) -> Callable[..., Any]:
     """A one-field NamedTuple renames a single output; the engine stores the field's value, not the tuple."""
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)[0]
+        result = fn(*args, **kwargs)
+        if not isinstance(result, declared):
+            raise TypeError(f"{name} must return a {declared.__name__} (its declared outputs), "
+                            f"got {type(result).__name__}")
+        return result[0]
 
     return call

@@ -210,14 +210,15 @@ def graph_from_data(data: Any, registry: Registry | None = None, source: str = "
     try:
         parsed = WorkflowFile.model_validate(data)
     except PydanticValidationError as exc:
-        issues = []
+        shape_issues: list[Issue] = []
         for err in exc.errors():
             loc = [str(x) for x in err["loc"]]
             node = loc[1] if len(loc) > 1 and loc[0] == "nodes" else None
             field_name = ".".join(loc[2:]) if node is not None else ".".join(loc)
-            issues.append(Issue(kind="invalid_file", node=node, input=field_name or None,
-                                message=f"{source}: {'.'.join(loc)}: {err['msg']}", found=short_repr(err.get("input"))))
-        raise WorkflowError(issues) from None
+            shape_issues.append(Issue(kind="invalid_file", node=node, input=field_name or None,
+                                      message=f"{source}: {'.'.join(loc)}: {err['msg']}",
+                                      found=short_repr(err.get("input"))))
+        raise WorkflowError(shape_issues) from None
     issues: list[Issue] = []
     nodes: dict[str, NodeInstance] = {}
     for node_id, entry in parsed.nodes.items():

@@ -17,7 +17,7 @@ from nodegraph import RunContext, node, payload
 from nodegraph.files import atomic_write_bytes, write_numbered
 from nodegraph.keys import file_fingerprint
 from nodegraph.node import PERSIST, CachePolicy
-from nodegraph.settings import DEFAULT_MAX_PIXELS
+from nodegraph.settings import DEFAULT_MAX_PIXELS, active_settings
 from nodegraph.types import READ_PATH, WRITE_PATH
 from nodegraph.workflow import PNG_TEXT_KEY
 from nodes.payloads import Image, Mask
@@ -67,8 +67,8 @@ def rounded_size(width: int, height: int, multiple: int) -> tuple[int, int]:
 
 
 def max_input_pixels(ctx: RunContext | None) -> int:
-    settings = getattr(ctx, "settings", None)
-    return int(getattr(settings, "max_input_pixels", DEFAULT_MAX_PIXELS))
+    """The engine's input pixel limit (``EngineSettings.max_input_pixels``)."""
+    return (ctx.settings if ctx is not None else active_settings()).max_input_pixels
 
 
 def regular_file(path: str, what: str, max_bytes: int | None = None) -> Path:

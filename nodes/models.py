@@ -152,6 +152,7 @@ class ModelManager:
 
 
 def manager(ctx: RunContext) -> ModelManager:
+    """The engine's model manager, with the budget of the engine's settings."""
     return ctx.resource(ModelManager, lambda: ModelManager(ctx.settings.model_budget_bytes))
 
 

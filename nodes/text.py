@@ -124,9 +124,11 @@ def EncodePrompt(
     if len(lengths) > 1:  # the two prompts chunked to different lengths: repeat the shorter's padding
         longest = max(lengths)
         hidden_list = [_pad_chunks(h, longest) for h in hidden_list]
-    embeds = torch.cat(hidden_list, dim=-1)
+    embeds = torch.cat(hidden_list, dim=-1).to(clip.ref.torch_dtype)
+    pooled = pooled.to(clip.ref.torch_dtype)
+    # after the cast: a weighted state that fits float32 can still overflow float16
     require_finite("EncodePrompt", hidden_states=embeds, pooled_embedding=pooled)
-    return Conditioning(embeds.to(clip.ref.torch_dtype), pooled.to(clip.ref.torch_dtype))
+    return Conditioning(embeds, pooled)
 
 
 def _pad_chunks(hidden: torch.Tensor, length: int) -> torch.Tensor:

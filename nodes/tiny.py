@@ -184,8 +184,7 @@ def make_full_size_model(folder: str | os.PathLike[str], in_channels: int = 9, s
                          dtype: str = "float16") -> Path:
     """A random-weight model with the real SDXL architecture (about 2.6 B UNet parameters), for benchmarks.
 
-    Tokenizers use the real CLIP vocabulary when it is installed (nodes.vocab), else the tiny byte-level
-    one (its ids fit the real 49,408-entry embedding tables; memory and time do not depend on it).
+    Tokenizers use the real CLIP vocabulary (nodes.vocab).
     """
     import torch
     from accelerate import init_empty_weights
@@ -201,13 +200,10 @@ def make_full_size_model(folder: str | os.PathLike[str], in_channels: int = 9, s
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        from nodes.vocab import find_clip_bpe, write_clip_tokenizer
+        from nodes.vocab import write_clip_tokenizer
 
         for sub, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
-            if find_clip_bpe() is not None:
-                write_clip_tokenizer(work / sub, pad_token=pad)
-            else:
-                write_tiny_tokenizer(work / sub)
+            write_clip_tokenizer(work / sub, pad_token=pad)
         for sub, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
             cfg = {k: v for k, v in configs[sub].items() if k != "architectures"}
             with init_empty_weights():

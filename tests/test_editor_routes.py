@@ -126,10 +126,10 @@ def test_default_graph_is_the_sdxl_inpainting_workflow_in_ui_format(served: Serv
     assert links == expected
     # widget values are positional in object_info order, with the editor's control widget after the seed
     sample = by_title["sample"]
-    order = [n for g in ("required", "optional") for n in info["Sample"]["input_order"][g]
-             if isinstance(info["Sample"]["input"][g][n][0], list) or (
-                 info["Sample"]["input"][g][n][0] in ("INT", "FLOAT", "STRING", "BOOLEAN")
-                 and not info["Sample"]["input"][g][n][1].get("forceInput"))]
+    order = [n for g in ("required", "optional") for n in info["nodegraph.Sample"]["input_order"][g]
+             if isinstance(info["nodegraph.Sample"]["input"][g][n][0], list) or (
+                 info["nodegraph.Sample"]["input"][g][n][0] in ("INT", "FLOAT", "STRING", "BOOLEAN")
+                 and not info["nodegraph.Sample"]["input"][g][n][1].get("forceInput"))]
     values = dict(zip([n for n in order for n in ((n, "control") if n == "seed" else (n,))], sample["widgets_values"],
                       strict=True))
     for name, value in native["sample"]["inputs"].items():
@@ -216,9 +216,10 @@ def test_comfyui_prompt_converts_to_the_editor_format() -> None:
     from nodegraph.node import REGISTRY
     from nodegraph.server.object_info import object_info
     from nodegraph.server.uiformat import prompt_to_ui
+    from nodegraph.settings import EngineSettings
 
     REGISTRY.load_entry_points()
-    info = object_info(REGISTRY)
+    info = object_info(REGISTRY, EngineSettings())
     if "KSampler" not in info:
         pytest.skip("ComfyUI's class_types are not described here (nodegraph.comfy_spec)")
     prompt = json.loads((ROOT / "tests/comfy/inpaint_api.json").read_text())

@@ -245,3 +245,13 @@ def test_validating_the_example_workflows_never_imports_torch():
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_validate_command_checks_paths_as_run_would(tmp_path, capsys):
+    doc = {"version": 1, "nodes": {"r": {"type": "ReadText", "inputs": {"path": "in.txt"}},
+                                   "w": {"type": "SaveTextAs", "inputs": {"text": ["r", "text"], "prefix": "../up"}}}}
+    (tmp_path / "wf.json").write_text(json.dumps(doc))
+    assert main(["validate", str(tmp_path / "wf.json"), "--output-dir", str(tmp_path / "o"), "--json"]) == 2
+    assert json.loads(capsys.readouterr().out)["issues"][0]["kind"] == "path_not_allowed"
+    assert main(["validate", str(tmp_path / "wf.json"), "--output-dir", str(tmp_path / "o"),
+                 "--allow-outside-writes"]) == 0

@@ -43,14 +43,17 @@ def test_the_blocker_blocks():
     assert proc.returncode != 0 and "validation imported torch" in proc.stderr
 
 
-def test_our_node_modules_declare_without_heavy_imports():
-    """Every node module of this package."""
-    proc = run_blocked("""
-        import importlib, pkgutil, nodes
-        skip = {"nodes.catalog"}
-        for m in pkgutil.iter_modules(nodes.__path__, "nodes."):
-            if m.name not in skip:
-                importlib.import_module(m.name)
+LAZY_MODULES = ("commands", "image", "latent", "memory", "models", "payloads", "prompt_syntax", "single_file",
+                "sources", "text", "tiny", "vocab")
+
+
+def test_the_core_node_modules_declare_without_heavy_imports():
+    """The node modules converted here (sampling and schedulers are converted on their own branch; the full
+    check over every module is the next test)."""
+    proc = run_blocked(f"""
+        import importlib
+        for name in {LAZY_MODULES!r}:
+            importlib.import_module("nodes." + name)
         from nodegraph import REGISTRY
         # the validation-time hooks of these nodes, with the values that make them work hardest
         ckpt = REGISTRY.nodes["LoadCheckpoint"]

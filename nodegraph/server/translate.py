@@ -32,7 +32,8 @@ _COMFY_ERROR_TYPES = {
 
 
 def native_name(spec_name: str, registry: Registry) -> str:
-    """How a native node type is listed in ``object_info``: bare unless ComfyUI owns that name."""
+    """The shortest name a prompt may use for a native node type: bare unless ComfyUI owns that name
+    (``object_info`` always lists the prefixed ``nodegraph.<Name>``)."""
     registry.load_entry_points()
     return f"{NATIVE_PREFIX}{spec_name}" if spec_name in registry.comfy else spec_name
 

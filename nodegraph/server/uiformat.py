@@ -13,8 +13,6 @@ from typing import Any
 
 from nodegraph.node import Registry
 
-from .translate import native_name
-
 logger = logging.getLogger(__name__)
 
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
@@ -24,31 +22,11 @@ ROW_GAP = 40
 
 
 def native_to_prompt(workflow: dict[str, Any], registry: Registry) -> dict[str, Any]:
-    """A native v1 workflow's nodes as an API-format prompt (links ``[node, output_index]``)."""
-    registry.load_entry_points()
-    nodes: dict[str, Any] = workflow.get("nodes", {})
-    prompt: dict[str, Any] = {}
-    for node_id, entry in nodes.items():
-        inputs: dict[str, Any] = {}
-        for name, value in entry.get("inputs", {}).items():
-            if _is_native_link(value):
-                source = nodes.get(value[0])
-                spec = registry.get(source["type"]) if source else None
-                outputs = list(spec.outputs) if spec is not None else []
-                index = outputs.index(value[1]) if isinstance(value[1], str) and value[1] in outputs else value[1]
-                inputs[name] = [value[0], index]
-            elif isinstance(value, dict) and set(value) == {"value"}:
-                inputs[name] = value["value"]
-            else:
-                inputs[name] = value
-        prompt[node_id] = {"class_type": native_name(entry["type"], registry), "inputs": inputs,
-                           "_meta": {"title": node_id}}
-    return prompt
+    """A native v1 workflow as an API-format prompt of ``nodegraph.<Type>`` nodes (links by output index)."""
+    from nodegraph.comfy import graph_to_comfy
+    from nodegraph.workflow import graph_from_data
 
-
-def _is_native_link(value: Any) -> bool:
-    return (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-            and isinstance(value[1], (str, int)) and not isinstance(value[1], bool))
+    return graph_to_comfy(graph_from_data(workflow, registry), registry)
 
 
 def _is_prompt_link(value: Any, prompt: dict[str, Any]) -> bool:
