@@ -6,7 +6,7 @@ from nodegraph.context import CancelToken, RunContext
 from nodegraph.errors import Interrupted, Issue, NodeExecutionError, WorkflowError
 from nodegraph.executor import Engine, RunResult
 from nodegraph.graph import Graph, Link
-from nodegraph.node import REGISTRY, ComfyMapping, node, rename_mapping
+from nodegraph.node import REGISTRY, ComfyMapping, node, register_sampler, rename_mapping
 from nodegraph.plan import Plan
 from nodegraph.settings import EngineSettings, PathPolicy
 from nodegraph.types import Socket
@@ -16,6 +16,6 @@ from nodegraph.workflow import load_workflow
 __all__ = [
     "REGISTRY", "CancelToken", "ComfyMapping", "DiskCache", "Engine", "EngineSettings", "Graph", "Interrupted",
     "Issue", "Link", "MemoryCache", "NodeExecutionError", "PathPolicy", "Plan", "RunContext", "RunResult", "Socket",
-    "WorkflowError", "load_workflow", "node", "payload", "rename_mapping", "validate",
+    "WorkflowError", "load_workflow", "node", "payload", "register_sampler", "rename_mapping", "validate",
 ]
 __version__ = "0.1.0"

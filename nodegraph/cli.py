@@ -82,8 +82,9 @@ def parse_set(item: str) -> tuple[str, Any]:
 
 
 def _apply_sets(graph: Any, sets: list[str]) -> None:
+    # A path typed on the command line is relative to where it was typed, not to the workflow's folder.
     for item in sets:
-        apply_override(graph, *parse_set(item))
+        apply_override(graph, *parse_set(item), base_dir=Path.cwd())
 
 
 def _usage_issue(message: str) -> Any:

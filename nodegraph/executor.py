@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,7 @@ class _Run:
     output_dir: Path
     workflow_json: str | None
     previews: PreviewSettings | None
+    png_text: Mapping[str, str]
     by_key: dict[str, dict[str, Any]] = field(default_factory=dict)  # identical sub-graphs compute once
     current: tuple[str, str] | None = None  # (node id, type) of the node executing now
 
@@ -205,18 +207,21 @@ class Engine:
         policy: PathPolicy | None = None,
         run_id: str | None = None,
         output_dir: str | Path | None = None,
+        png_text: Mapping[str, str] | None = None,
     ) -> RunResult:
         """Validate (raises WorkflowError) then run. ``outputs`` limits which output nodes are demanded;
         by default every output node. Node failures raise NodeExecutionError unless ``raise_on_error``
         is False, in which case the result carries the error. ``output_dir`` overrides the settings'
-        for this run; ``previews`` asks long nodes for preview images on their progress events."""
+        for this run; ``previews`` asks long nodes for preview images on their progress events; ``png_text``
+        adds text chunks to the PNGs the run writes."""
         vg = validate(graph, outputs, policy)
         run_id = run_id or uuid.uuid4().hex
         result = new_result({n: inst.type for n, inst in graph.nodes.items()}, run_id)
         report = ReportListener(result)
         run = _Run(vg, run_id, FanOut((report, listener)) if listener is not None else report,
                    cancel or CancelToken(), result,
-                   Path(output_dir) if output_dir is not None else self.settings.output_dir, workflow_json, previews)
+                   Path(output_dir) if output_dir is not None else self.settings.output_dir, workflow_json, previews,
+                   dict(png_text or {}))
         start = time.perf_counter()
         try:
             with use_settings(self.settings):
@@ -317,7 +322,7 @@ class Engine:
         if spec.context_param is not None:
             kwargs[spec.context_param] = RunContext(n, run.output_dir, run.listener, run.cancel, self.resources,
                                                     run.result.loaded, run.workflow_json, self.settings,
-                                                    run.run_id, run.previews)
+                                                    run.run_id, run.previews, run.png_text)
         files: tuple[str, ...] = ()
         try:
             raw = spec.fn(**kwargs)

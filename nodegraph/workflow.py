@@ -165,9 +165,12 @@ def _decode_input(value: Any, node_id: str, name: str, issues: list[Issue]) -> A
     return value
 
 
-def apply_override(graph: Graph, target: str, value: Any) -> None:
+def apply_override(graph: Graph, target: str, value: Any, base_dir: Path | None = None) -> None:
     """Set ``NODE.INPUT`` to a JSON value, as written in a workflow file: ``["node", "output"]`` links,
-    ``{"value": ...}`` escapes. One code path for ``nodegraph run --set`` and batch jobs."""
+    ``{"value": ...}`` escapes. One code path for ``nodegraph run --set`` and batch jobs.
+
+    ``base_dir``: where a relative path given for a file-reading input is relative to (the current
+    directory for ``--set`` on a command line), rather than the workflow file's folder."""
     node_id, dot, input_name = target.rpartition(".")
     if not dot or not node_id or not input_name:
         raise WorkflowError([Issue(kind="invalid_value", found=target,
@@ -176,7 +179,26 @@ def apply_override(graph: Graph, target: str, value: Any) -> None:
     decoded = _decode_input(value, node_id, input_name, issues)
     if issues:
         raise WorkflowError(issues)
+    if base_dir is not None and isinstance(decoded, str):
+        decoded = _anchor_read_path(graph, node_id, input_name, decoded, base_dir)
     graph.set_input(node_id, input_name, decoded)
+
+
+def _anchor_read_path(graph: Graph, node_id: str, input_name: str, value: str, base_dir: Path) -> str:
+    """A relative path for an input that reads a file, made absolute against ``base_dir``; a model
+    source only when it names something there (else it may be a hub id like ``org/name``)."""
+    from nodegraph.types import file_role_of
+
+    instance = graph.nodes.get(node_id)
+    spec = graph.registry.get(instance.type) if instance is not None else None
+    inp = spec.inputs.get(input_name) if spec is not None else None
+    role = file_role_of(inp.annotation) if inp is not None else None
+    if role is None or role.access != "read" or not value or Path(value).expanduser().is_absolute():
+        return value
+    anchored = base_dir / value
+    if role.hub_ok and not anchored.exists():
+        return value
+    return str(anchored)
 
 
 def graph_from_data(data: Any, registry: Registry | None = None, source: str = "<workflow>") -> Graph:

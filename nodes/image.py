@@ -247,6 +247,10 @@ def SaveImage(
             info = PngImagePlugin.PngInfo()
             if embed_workflow and ctx.workflow_json:
                 info.add_text(PNG_TEXT_KEY, ctx.workflow_json)
+            if embed_workflow:  # e.g. ComfyUI's "prompt" and "workflow", so its editor restores the graph
+                for key, text in ctx.png_text.items():
+                    if key != PNG_TEXT_KEY:
+                        info.add_text(key, text)
             pil.save(buf, format="PNG", pnginfo=info)
         else:
             pil.save(buf, format=format.upper(), quality=quality)

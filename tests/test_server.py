@@ -214,7 +214,8 @@ def test_object_info_has_comfyuis_shape_with_the_servers_files(server):
 # ---- running prompts -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_comfyui_prompt_message_sequence_and_view_matches_cli(server, tmp_path):
-    pid, frames = run_prompt(server, {"prompt": COMFY_PROMPT})
+    editor_graph = {"nodes": [], "links": [], "version": 0.4}
+    pid, frames = run_prompt(server, {"prompt": COMFY_PROMPT, "extra_data": {"extra_pnginfo": {"workflow": editor_graph}}})
     msgs = of(frames, pid)
     kinds = [m["type"] for m in msgs]
     assert kinds[:2] == ["execution_start", "execution_cached"]
@@ -239,6 +240,14 @@ def test_comfyui_prompt_message_sequence_and_view_matches_cli(server, tmp_path):
     assert history["prompt"][1] == pid and history["prompt"][2] == COMFY_PROMPT
     served = server.get("/view", params=image)
     assert served.status_code == 200 and served.content.startswith(b"\x89PNG")
+    # ComfyUI's chunks (its editor restores the graph from "workflow") beside our own native graph
+    import io
+
+    from PIL import Image
+
+    text = Image.open(io.BytesIO(served.content)).text  # type: ignore[attr-defined]
+    assert json.loads(text["prompt"]) == COMFY_PROMPT and json.loads(text["workflow"]) == editor_graph
+    assert json.loads(text["nodegraph_workflow"])["nodes"]
     # the CLI on the same workflow writes the same pixels
     prompt = json.loads(json.dumps(COMFY_PROMPT))
     prompt["10"]["inputs"]["image"] = str(server.input / "demo_image_alpha.png")

@@ -12,8 +12,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "diffusers", "transformers", "accelerate", "safetensors.torch", "torchvision", "optimum")
 
@@ -67,15 +65,6 @@ def test_the_core_node_modules_declare_without_heavy_imports():
     assert ckpt_problems >= 2 and prompt_problems == 1 and registered >= 14
 
 
-def _sampling_is_lazy() -> bool:
-    text = (ROOT / "nodes" / "sampling.py").read_text() + (ROOT / "nodes" / "schedulers.py").read_text()
-    return not any(line.startswith(("import torch", "from diffusers", "import diffusers", "from torch"))
-                   for line in text.splitlines())
-
-
-@pytest.mark.xfail(not _sampling_is_lazy(), strict=True,
-                   reason="nodes/sampling.py and nodes/schedulers.py import torch/diffusers at top level until the "
-                          "sampling branch is merged")
 def test_every_example_workflow_validates_without_heavy_imports():
     files = sorted(str(p) for p in (ROOT / "workflows").glob("*.json"))
     files += sorted(str(p) for p in (ROOT / "tests" / "comfy").glob("*.json"))

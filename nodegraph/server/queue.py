@@ -34,6 +34,7 @@ from nodegraph.node import Registry
 from nodegraph.settings import EngineSettings, PathPolicy
 
 from .journal import Journal, Row, State
+from .pnginfo import png_text
 from .protocol import (
     ExecInfo,
     Executed,
@@ -314,7 +315,8 @@ class Worker:
             result = self.engine.run(graph, outputs=row.targets or None, listener=listener, cancel=cancel,
                                      raise_on_error=False, workflow_json=workflow_json(row),
                                      previews=self._preview_settings if listener.previews else None,
-                                     policy=http_policy(self.settings), run_id=row.prompt_id)
+                                     policy=http_policy(self.settings), run_id=row.prompt_id,
+                                     png_text=png_text(row.prompt, row.extra_data))
             loaded = ", ".join(result.loaded) or "nothing"
         except WorkflowError as err:  # the files changed since the prompt was accepted
             listener.fail(RunError(None, None, "WorkflowError", str(err)))
