@@ -4,7 +4,8 @@ tests/fuzz_corpus/*.json are workflows (native v1 or ComfyUI API format); expect
 must give: ``exit`` 0 (a clean run that writes its outputs), 1 (a run failure whose report names ``node``) or
 2 (refused at validation: an issue on ``node``/``input``, of ``kind``, whose message holds ``contains``). Each
 runs in a temporary directory that also holds the demo images, a pickle ``model.ckpt`` and ``bomb.png`` (the
-header of a 12000x12000 PNG: the pixel limit must refuse it before any pixel is decoded).
+header of a 12000x12000 PNG: the pixel limit must refuse it before any pixel is decoded), and an output
+directory whose ``link`` is a symlink to a folder outside it.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def test_corpus_input_gives_its_structured_error_or_a_clean_run(name, tmp_path, 
     wf = tmp_path / name
     shutil.copy(CORPUS / name, wf)
     out, report_path = tmp_path / "out", tmp_path / "report.json"
+    out.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "link").symlink_to(tmp_path / "elsewhere")
     code = main(["run", str(wf), "--output-dir", str(out), "--report", str(report_path), "--quiet", "--no-cache"])
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
@@ -70,6 +74,7 @@ def test_corpus_input_gives_its_structured_error_or_a_clean_run(name, tmp_path, 
             assert files and all(Path(f).is_file() and Path(f).resolve().is_relative_to(out.resolve()) for f in files)
         return
     assert report["ok"] is False and not report.get("outputs")
+    assert not any((tmp_path / "elsewhere").iterdir())
     if code == 1:
         error = report["error"]
         assert error["node"] == expect["node"] and f"'{expect['node']}'" in err
