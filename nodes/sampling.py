@@ -339,9 +339,13 @@ def _blend_callback(sched: Any, image: torch.Tensor, noise: torch.Tensor, mask: 
 
 
 def _check(sampler: str | None = None, scheduler: str = "normal", denoising_start: float | None = None, denoising_end: float | None = None,
-           sigmas: list[float] | None = None, timesteps: list[float] | None = None, **_: Any
-           ) -> list[tuple[str | None, str]]:
+           sigmas: list[float] | None = None, timesteps: list[float] | None = None, steps: int = 30,
+           strength: float = 0.9999, **_: Any) -> list[tuple[str | None, str]]:
     problems: list[tuple[str | None, str]] = []
+    if denoising_start is None and sigmas is None and timesteps is None and int(steps * strength) < 1:
+        # the same cut as cut_timesteps: found here rather than after the models have loaded
+        problems.append(("steps", f"strength {strength} with {steps} steps leaves no step to run "
+                                  f"(int(steps x strength) = 0): raise steps or strength"))
     custom = sigmas is not None or timesteps is not None
     # A sampler linked from SamplerSelect is checked when it runs (validation sees literals only).
     why = None if sampler is None else combination_problem(sampler, scheduler, custom=custom)
