@@ -373,14 +373,6 @@ def _load_image_mask(inputs: Inputs) -> Expanded:
                                                "invert": channel == "alpha", "round_to": 1}}}
 
 
-def _clip_set_last_layer(inputs: Inputs) -> Expanded:
-    layer = inputs.get("stop_at_clip_layer", -1)
-    if layer != -2:
-        raise MappingError("stop_at_clip_layer", f"stop_at_clip_layer {layer} is not implemented here; SDXL encodes "
-                                                 "with the penultimate layer, which is -2: use -2 (or remove the node)")
-    return {}
-
-
 TRANSFORMS = (
     _cls("ImageScale", _one("ScaleImage", image="<image>", method="<upscale_method>", width="<width>",
                             height="<height>", crop="<crop>"), (("", "image"),),
@@ -452,10 +444,6 @@ TRANSFORMS = (
           _int("temporal_overlap", 8, 4, 4096, 4)), ("LATENT",), category="_for_testing",
          display="VAE Encode (Tiled)",
          notes="Tile settings are ignored: encoded whole (posterior mode)."),
-    _cls("CLIPSetLastLayer", _clip_set_last_layer, (("=clip", ""),),
-         (_link("clip", "CLIP"), _int("stop_at_clip_layer", -1, -24, -1)), ("CLIP",), category="conditioning",
-         display="CLIP Set Last Layer",
-         notes="Only -2, SDXL's own penultimate layer (the CLIP is handed on); any other value is an import error."),
 )
 
 PRIMITIVES = (

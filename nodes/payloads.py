@@ -61,6 +61,7 @@ class Conditioning:
     start: float = 0.0  # fraction of the schedule where the entry starts applying
     end: float = 1.0
     more: tuple[Conditioning, ...] = ()
+    control: tuple[Any, ...] = ()  # nodes.controlnet.ControlHint: ControlNets the sampler applies with it
 
     def entries(self) -> list[Conditioning]:
         return [dataclasses.replace(self, more=()), *self.more]

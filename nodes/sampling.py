@@ -260,6 +260,17 @@ def regional_rows(unet: UNetHandle, positive: Conditioning, negative: Conditioni
                         (scale_g,) if cfg else (), regions)
 
 
+def control_sides(cond: GuidanceRows, positive: Conditioning, negative: Conditioning | None,
+                  batch: int) -> list[tuple[tuple[Any, ...], int]]:
+    """The ControlNet hints of each block of ``batch`` rows the denoiser evaluates (negative rows, then the
+    mixed and positive ones); an unconnected negative takes the positive's, as diffusers does."""
+    neg = positive.control if negative is None else negative.control
+    if cond.regions is not None:
+        n = len(cond.regions.weights)
+        return [(neg, batch)] * cond.regions.negatives + [(positive.control, batch)] * (n - cond.regions.negatives)
+    return [(neg, batch)] * (cond.rows > 1) + [(positive.control, batch)] * max(cond.rows - 1, 1)
+
+
 def guided_denoiser(model: Any, scheduler: Any, cond: GuidanceRows, *, concat: torch.Tensor | None = None,
                     timestep_cond: torch.Tensor | None = None, rescale: float = 0.0) -> Denoiser:
     """A closure (latents, t) -> the guided noise prediction, all rows in one UNet call.
@@ -468,9 +479,15 @@ def Sample(
     if unet.time_cond_proj_dim is not None:
         w_embed = torch.tensor(guidance_scale - 1).repeat(batch)
         timestep_cond = guidance_embedding(w_embed, unet.time_cond_proj_dim).to(device, dtype)
+    if positive.control or (negative is not None and negative.control):  # ControlNets (nodes.controlnet)
+        from nodes.controlnet import with_control
+
+        # Step ranges count the schedule before denoising_end cuts it, as diffusers does.
+        begin = getattr(sched, "begin_index", None) or 0
+        model = with_control(model, ctx, control_sides(cond, positive, negative, batch),
+                             len(sched.timesteps) - begin, (height, width))
     denoise = guided_denoiser(model, sched, cond, concat=concat, timestep_cond=timestep_cond,
                               rescale=guidance_rescale)
-
     step_params = inspect.signature(sched.step).parameters
     step_kwargs: dict[str, Any] = {}
     if "eta" in step_params:

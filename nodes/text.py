@@ -102,6 +102,8 @@ def EncodePrompt(
     import torch
 
     models = manager(ctx)
+    if clip_skip is None and clip.last_layer != -2:  # SetClipLastLayer: hidden_states[last_layer]
+        clip_skip = -clip.last_layer - 2
     hidden_list, pooled = [], None
     with torch.no_grad():
         for text, tok_name, enc_name in ((prompt, "tokenizer", "text_encoder"),

@@ -222,17 +222,6 @@ def test_latent_composite_and_masked(tmp_path):
     assert torch.allclose(run(prompt, "m", tmp_path).samples, masked)
 
 
-def test_clip_set_last_layer_is_sdxl_default_only():
-    base = {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "builtin:tiny-sdxl"}},
-            "5": {"class_type": "CLIPSetLastLayer", "inputs": {"clip": ["4", 1], "stop_at_clip_layer": -2}},
-            "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "x", "clip": ["5", 0]}}}
-    assert graph_from_data(base).nodes["6"].inputs["clip"].node == "4"
-    base["5"]["inputs"]["stop_at_clip_layer"] = -1
-    with pytest.raises(WorkflowError) as info:
-        graph_from_data(base)
-    assert info.value.issues[0].input == "stop_at_clip_layer" and "use -2" in info.value.issues[0].message
-
-
 @pytest.mark.slow
 def test_tiled_vae_nodes_and_preview_image(builtin_models_dir, tmp_path):
     prompt = {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "builtin:tiny-sdxl"}},
