@@ -5,6 +5,9 @@
    that alternate with the same number of Engine.run calls in this process (same Engine settings, path policy
    and embedded workflow; the prompt's translation is timed on both sides). Overhead = the median over rounds
    of (server - in-process) per prompt; then the same for single prompts (post, wait for done), alternating.
+   Also in CPU time (the server process's, all threads, against this process's during Engine.run): on a
+   shared, loaded machine wall times swing by more than the overhead, CPU time much less. Linux only
+   (/proc); the clock tick (10 ms) makes single-prompt CPU figures coarse.
 2. Time from starting `nodegraph serve` to the first image, the second image (nothing reloaded: read from
    the server's per-prompt log line), and `nodegraph run` on the same workflow in a fresh process.
 
@@ -81,6 +84,12 @@ class Server:
                 time.sleep(0.02)
         self.listening = time.perf_counter() - self.started
 
+    def cpu(self) -> float:
+        """CPU seconds the server process has used (all threads): on a loaded machine wall time mostly
+        measures the other processes; CPU time measures ours."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
@@ -146,35 +155,49 @@ class InProcess:
         self.registry = REGISTRY
         self.engine = make_engine(self.settings, REGISTRY)
 
-    def run(self, prompts: list[dict[str, Any]]) -> float:
+    def run(self, prompts: list[dict[str, Any]]) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of this process)."""
         from nodegraph.server.queue import http_policy
         from nodegraph.server.translate import graph_from_prompt
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for p in prompts:
             graph = graph_from_prompt(p, self.registry)
             self.engine.run(graph, policy=http_policy(self.settings), workflow_json=json.dumps(graph.to_dict()))
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-async def overhead(url: str, local: InProcess, rounds: int, batch: int, singles: int,
+async def overhead(server: Server, local: InProcess, rounds: int, batch: int, singles: int,
                    steps: int) -> dict[str, list[float]]:
     """Alternate: a batch of prompts back to back via the server, then the same number in-process; then single
-    prompts (post, wait for done) alternating with single Engine.run calls. Per-prompt milliseconds."""
+    prompts (post, wait for done) alternating with single Engine.run calls. Per-prompt milliseconds, wall and
+    CPU (the server process's CPU against this process's while it runs the engine)."""
     seed = iter(range(1000, 1_000_000))
-    out: dict[str, list[float]] = {"served": [], "local": [], "served1": [], "local1": []}
-    async with Client(url) as client:
+    out: dict[str, list[float]] = {k: [] for k in ("served", "local", "served1", "local1",
+                                                   "served_cpu", "local_cpu", "served1_cpu", "local1_cpu")}
+
+    async def served(n: int, key: str) -> None:
+        c0 = server.cpu()
+        out[key].append(await client.run([api_prompt(next(seed), steps) for _ in range(n)]) / n)
+        out[key + "_cpu"].append((server.cpu() - c0) / n)
+
+    def in_process(n: int, key: str) -> None:
+        wall, cpu = local.run([api_prompt(next(seed), steps) for _ in range(n)])
+        out[key].append(wall / n)
+        out[key + "_cpu"].append(cpu / n)
+
+    async with Client(server.url) as client:
         local.run([api_prompt(next(seed), steps)])  # warm the in-process engine: models and encodings
         for _ in range(rounds):
-            out["served"].append(await client.run([api_prompt(next(seed), steps) for _ in range(batch)]) / batch)
-            out["local"].append(local.run([api_prompt(next(seed), steps) for _ in range(batch)]) / batch)
+            await served(batch, "served")
+            in_process(batch, "local")
         for _ in range(singles):
-            out["served1"].append(await client.run([api_prompt(next(seed), steps)]))
-            out["local1"].append(local.run([api_prompt(next(seed), steps)]))
+            await served(1, "served1")
+            in_process(1, "local1")
     return {k: [x * 1000 for x in v] for k, v in out.items()}
 
 
@@ -200,7 +223,7 @@ def main() -> None:
         second = asyncio.run(run_prompts(s.url, [api_prompt(2, args.steps)]))
         # part 1 on the same warm server: encodings cached, only the seed changes
         local = InProcess(root)
-        ms = asyncio.run(overhead(s.url, local, rounds, args.batch, args.singles, args.steps))
+        ms = asyncio.run(overhead(s, local, rounds, args.batch, args.singles, args.steps))
         s.stop()
         log = s.log.read_text()
         loads = [line.rsplit("loaded: ", 1)[-1].rstrip(")") for line in log.splitlines() if "loaded: " in line]
@@ -235,6 +258,12 @@ def main() -> None:
     print(f"server overhead per prompt    {median(diffs):.1f} ms median of {len(diffs)} paired rounds, "
           f"{median(ms['served']) - median(ms['local']):.1f} ms between the medians (target <= 10 ms)")
     print(f"  per round (ms)              {', '.join(f'{d:.1f}' for d in diffs)}")
+    cpu = [a - b for a, b in zip(ms["served_cpu"], ms["local_cpu"], strict=True)]
+    cpu1 = [a - b for a, b in zip(ms["served1_cpu"], ms["local1_cpu"], strict=True)]
+    print(f"CPU per prompt, back to back  server process {median(ms['served_cpu']):.1f} ms, Engine.run "
+          f"{median(ms['local_cpu']):.1f} ms: {median(cpu):.1f} ms overhead (median of paired rounds)")
+    print(f"CPU per prompt, one at a time server process {median(ms['served1_cpu']):.1f} ms, Engine.run "
+          f"{median(ms['local1_cpu']):.1f} ms: {median(cpu1):.1f} ms overhead (median of pairs)")
     print(f"{args.singles} prompts one at a time      server median {median(ms['served1']):.1f} ms, Engine.run "
           f"median {median(ms['local1']):.1f} ms: {median(diffs1):.1f} ms overhead (median of pairs)")
 
