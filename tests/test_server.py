@@ -692,10 +692,12 @@ def test_hub_delivers_worker_frames_in_order_to_each_client():
             while not got or got[-1] != b"end":
                 got.append(await asyncio.wait_for(q.get(), 10))
         thread.join()
+        hub.send("a", "from the loop")  # a handler's frame: delivered without a loop wake-up, still queued in order
+        got_a.append(a.get_nowait())
         return got_a, got_b
 
     got_a, got_b = asyncio.run(go())
-    assert got_a == [f"{i}" for i in range(300)] + [b"end"]
+    assert got_a == [f"{i}" for i in range(300)] + [b"end", "from the loop"]
     assert got_b == [f"{i}" for i in range(0, 300, 3)] + [b"end"]
 
 

@@ -114,6 +114,9 @@ class Hub:
             if self._scheduled:
                 return
             self._scheduled = True
+        if _running_loop() is loop:  # sent from a handler: no self-pipe round trip needed
+            self._drain()
+            return
         try:
             loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # the loop closed between the check and the call (shutdown)
@@ -151,6 +154,13 @@ class Hub:
         for queues in self._clients.values():
             for q in queues:
                 q.put_nowait(None)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 # ---- security ------------------------------------------------------------------------------------
