@@ -93,10 +93,11 @@ class Journal:
             return self._db.execute(sql, args).rowcount
 
     def next_number(self) -> float:
-        # MAX and MIN each read one end of the prompts_number index; MAX(ABS(number)) scanned the whole table
+        # two subqueries, so MAX and MIN each read one end of the prompts_number index (one query holding both, or
+        # MAX(ABS(number)), scans the whole table)
         with self._lock:
-            top, bottom = self._db.execute("SELECT COALESCE(MAX(number), 0), COALESCE(MIN(number), 0) "
-                                           "FROM prompts").fetchone()
+            top, bottom = self._db.execute("SELECT COALESCE((SELECT MAX(number) FROM prompts), 0), "
+                                           "COALESCE((SELECT MIN(number) FROM prompts), 0)").fetchone()
         return float(int(max(top, -bottom)) + 1)
 
     def add(self, prompt_id: str, number: float, client_id: str | None, prompt: dict[str, Any],
