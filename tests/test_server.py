@@ -169,6 +169,8 @@ def test_listens_within_3_seconds_and_greets_with_status(server):
 
     async def go() -> tuple[dict[str, Any], dict[str, Any]]:
         async with websockets.connect(f"{server.ws_url}?clientId=greet") as ws:
+            # the client offers permessage-deflate; the server declines (zlib per frame cost more than it saved)
+            assert ws.protocol.extensions == []
             first = json.loads(await ws.recv())
             await ws.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": False}}))
             second = json.loads(await ws.recv())
@@ -673,3 +675,49 @@ def test_real_comfyui_client_from_pypi_drives_the_server(server):
     assert data.startswith(b"\x89PNG")
     assert client.get_queue() == {"queue_running": [], "queue_pending": []}
     assert "nodegraph.Sample" in client.get_object_info()
+
+
+# ---- the server's in-process parts ----------------------------------------------------------------
+def test_hub_delivers_worker_frames_in_order_to_each_client():
+    import threading
+
+    from nodegraph.server.app import Hub
+
+    async def go() -> tuple[list[Any], list[Any]]:
+        hub = Hub()
+        hub.loop = asyncio.get_running_loop()
+        a, b = hub.add("a"), hub.add("b")
+
+        def worker() -> None:  # bursts from another thread, as the worker thread sends them
+            for i in range(300):
+                hub.send("a" if i % 3 else None, f"{i}")
+            hub.send(None, b"end")
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        got_a: list[Any] = []
+        got_b: list[Any] = []
+        for q, got in ((a, got_a), (b, got_b)):
+            while not got or got[-1] != b"end":
+                got.append(await asyncio.wait_for(q.get(), 10))
+        thread.join()
+        hub.send("a", "from the loop")  # a handler's frame: delivered without a loop wake-up, still queued in order
+        got_a.append(a.get_nowait())
+        return got_a, got_b
+
+    got_a, got_b = asyncio.run(go())
+    assert got_a == [f"{i}" for i in range(300)] + [b"end", "from the loop"]
+    assert got_b == [f"{i}" for i in range(0, 300, 3)] + [b"end"]
+
+
+def test_journal_numbers_front_prompts_and_duplicate_ids(tmp_path):
+    from nodegraph.server.journal import Journal
+
+    journal = Journal(tmp_path / "queue.sqlite")
+    assert journal.next_number() == 1.0
+    journal.add("p1", 1.0, None, {}, {}, [], {})
+    journal.add("p2", -2.0, "c", {}, {}, [], {})  # a `front` prompt
+    assert journal.next_number() == 3.0
+    assert journal.exists("p2") and not journal.exists("p3")
+    assert [r.prompt_id for r in journal.pending()] == ["p2", "p1"]
+    journal.close()

@@ -14,6 +14,7 @@ import os
 import platform
 import sqlite3
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -95,15 +96,40 @@ class Hub:
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._clients: dict[str, set[asyncio.Queue[str | bytes | None]]] = {}
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str | None, str | bytes]] = []
+        self._scheduled = False
 
     def send(self, client_id: str | None, frame: str | bytes) -> None:
-        """Thread-safe: callable from the worker thread."""
-        if self.loop is None or self.loop.is_closed():
+        """Thread-safe: callable from the worker thread.
+
+        Frames wait in one list and the loop is woken once per burst, not once per frame: each wake-up is a
+        self-pipe write plus a loop iteration, which the worker thread pays for in GIL hand-offs mid-run.
+        """
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        with self._lock:
+            self._pending.append((client_id, frame))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        if _running_loop() is loop:  # sent from a handler: no self-pipe round trip needed
+            self._drain()
             return
         try:
-            self.loop.call_soon_threadsafe(self._dispatch, client_id, frame)
+            loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # the loop closed between the check and the call (shutdown)
-            pass
+            with self._lock:
+                self._pending.clear()
+                self._scheduled = False
+
+    def _drain(self) -> None:
+        with self._lock:
+            frames, self._pending = self._pending, []
+            self._scheduled = False
+        for client_id, frame in frames:
+            self._dispatch(client_id, frame)
 
     def _dispatch(self, client_id: str | None, frame: str | bytes) -> None:
         targets = self._clients.values() if client_id is None else [self._clients.get(client_id, set())]
@@ -128,6 +154,13 @@ class Hub:
         for queues in self._clients.values():
             for q in queues:
                 q.put_nowait(None)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 # ---- security ------------------------------------------------------------------------------------
@@ -248,7 +281,9 @@ class Server:
 
     # ---- websocket --------------------------------------------------------------------------------
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1024 * 1024)
+        # No permessage-deflate: frames are small JSON or already-compressed previews, and zlib per frame cost
+        # more CPU on the event loop than anything else it did per prompt (measured: bench/server.py).
+        ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1024 * 1024, compress=False)
         await ws.prepare(request)
         sid = request.query.get("clientId") or new_prompt_id().replace("-", "")
         queue = self.hub.add(sid)
@@ -318,7 +353,7 @@ class Server:
         except _Rejected as rejected:
             return web.json_response(rejected.reply.model_dump(mode="json"), status=400)
         prompt_id = body.prompt_id or new_prompt_id()
-        if self.journal.get(prompt_id) is not None:
+        if self.journal.exists(prompt_id):
             return web.json_response({"error": {"type": "duplicate_prompt_id", "message": "prompt_id already used",
                                                 "details": prompt_id, "extra_info": {}}, "node_errors": {}},
                                      status=400)

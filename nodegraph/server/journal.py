@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS prompts (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS prompts_state ON prompts(state, number, seq);
+CREATE INDEX IF NOT EXISTS prompts_number ON prompts(number);
 """
 
 
@@ -92,9 +93,12 @@ class Journal:
             return self._db.execute(sql, args).rowcount
 
     def next_number(self) -> float:
+        # two subqueries, so MAX and MIN each read one end of the prompts_number index (one query holding both, or
+        # MAX(ABS(number)), scans the whole table)
         with self._lock:
-            (top,) = self._db.execute("SELECT COALESCE(MAX(ABS(number)), 0) FROM prompts").fetchone()
-        return float(int(top) + 1)
+            top, bottom = self._db.execute("SELECT COALESCE((SELECT MAX(number) FROM prompts), 0), "
+                                           "COALESCE((SELECT MIN(number) FROM prompts), 0)").fetchone()
+        return float(int(max(top, -bottom)) + 1)
 
     def add(self, prompt_id: str, number: float, client_id: str | None, prompt: dict[str, Any],
             extra_data: dict[str, Any], targets: list[str], graph: dict[str, Any]) -> None:
@@ -106,6 +110,10 @@ class Journal:
     def get(self, prompt_id: str) -> Row | None:
         rows = self._query("SELECT * FROM prompts WHERE prompt_id=?", (prompt_id,))
         return rows[0] if rows else None
+
+    def exists(self, prompt_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM prompts WHERE prompt_id=?", (prompt_id,)).fetchone() is not None
 
     def pending(self) -> list[Row]:
         return self._query("SELECT * FROM prompts WHERE state='pending' ORDER BY number, seq")
