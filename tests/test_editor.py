@@ -156,7 +156,7 @@ def test_editor_end_to_end(served: Served, tmp_path: Path) -> None:
 
             # 2. the node library: native nodes under nodegraph/..., ComfyUI's under their own categories
             types = page.evaluate("() => Object.keys(LiteGraph.registered_node_types)")
-            assert {"Sample", "LoadCheckpoint", "nodegraph.LoadImage", "nodegraph.SaveImage"} <= set(types)
+            assert {"nodegraph.Sample", "nodegraph.LoadCheckpoint", "nodegraph.LoadImage", "nodegraph.SaveImage"} <= set(types)
             page.get_by_role("button", name="Node Library (n)").click()
             page.get_by_text("nodegraph", exact=True).first.click()
             page.get_by_text("sampling", exact=True).first.click()
