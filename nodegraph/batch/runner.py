@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -275,8 +276,14 @@ class BatchRunner:
         opts = self.opts
         count = _worker_count(ray, opts)
         settings = opts.settings.with_(output_dir=self.output_dir)
+        # As many compute threads as the worker holds CPUs, whatever the driver's environment says: torch's
+        # reductions depend on the thread count, and a job must give the pixels of `nodegraph run` with the
+        # same count (OMP_NUM_THREADS=C).
+        threads = str(max(1, math.floor(opts.cpus_per_worker)))
         cls = _actor_class(ray).options(num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker,
-                                        max_restarts=-1, max_task_retries=0)
+                                        max_restarts=-1, max_task_retries=0,
+                                        runtime_env={"env_vars": {"OMP_NUM_THREADS": threads,
+                                                                  "MKL_NUM_THREADS": threads}})
         self.actors = [cls.remote(planner.data, planner.source, planner.policy(), settings) for _ in range(count)]
         for i, info in enumerate(ray.get([a.ready.remote() for a in self.actors])):
             self.summary.workers[f"worker-{i}"] = WorkerFigures(processes=[info["worker"]])
