@@ -21,12 +21,14 @@ from nodegraph import RunContext, node, rename_mapping
 from nodegraph.node import CachePolicy
 from nodegraph.settings import active_settings
 from nodegraph.types import MODEL_SOURCE
+from nodes.compile import Compile, compile_component
 from nodes.memory import (
     QUANTIZED_COMPONENTS,
     Attention,
     MemoryOptions,
     Offload,
     Quantize,
+    choose_dtypes,
     configure,
     cuda_available,
     load_quantized,
@@ -57,6 +59,7 @@ class ModelRef:
     dtype: str  # resolved: float32 | float16 | bfloat16
     device: str  # resolved: cpu | cuda | cuda:N | mps
     options: MemoryOptions = MemoryOptions()
+    compile: str = "none"  # none | unet | all (nodes/compile.py)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -119,13 +122,14 @@ class ModelManager:
         return [key[1] for key in self._loaded]
 
     def get(self, ref: ModelRef, component: str, ctx: RunContext | None = None) -> Any:
-        key = (ref.source.fingerprint, component, ref.dtype, ref.device, ref.options)
+        key = (ref.source.fingerprint, component, ref.dtype, ref.device, ref.options, ref.compile)
         entry = self._loaded.get(key)
         if entry is None:
             model = load_component(ref, component)
             self._make_room(module_bytes(model), keep=key)  # before it reaches the device
             model, hook = place(model, component, ref.device, ref.options)
             model = configure(model, component, ref.options)
+            model = compile_component(model, component, ref.compile, ref.device)
             entry = (model, module_bytes(model), hook)
             self._loaded[key] = entry
             if ctx is not None:
@@ -272,10 +276,8 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtypes(dtype: str, device: str) -> tuple[str, str]:
-    """(model dtype, VAE dtype). ``auto``: float16 on accelerators with the VAE in float32, else float32."""
-    if dtype == "auto":
-        return ("float16", "float32") if device != "cpu" else ("float32", "float32")
-    return dtype, dtype
+    """(model dtype, VAE dtype); ``auto`` is decided per device by nodes.memory.choose_dtypes."""
+    return choose_dtypes(dtype, device)
 
 
 def _source_fingerprint(source: str, variant: str | None = None, config: str | None = None, **_: Any) -> str:
@@ -283,7 +285,7 @@ def _source_fingerprint(source: str, variant: str | None = None, config: str | N
     return digest if config is None else f"{digest}+{resolve(config).fingerprint}"
 
 
-def _check(source: str | None = None, device: str = "auto", offload: str = "none", attention: str = "sdpa",
+def _check(source: str | None = None, device: str = "auto", offload: str = "none", attention: str = "auto",
            vae_tiling: bool = False, vae_slicing: bool = False, quantize: str = "none", config: str | None = None,
            **_: Any) -> list[tuple[str | None, str]]:
     """Refused at validation: a missing or pickle source (cheap checks: nothing is hashed, built or
@@ -319,19 +321,23 @@ def LoadCheckpoint(
     device: Device = "auto",
     variant: str | None = None,
     offload: Offload = "none",
-    attention: Attention = "sdpa",
+    attention: Attention = "auto",
     vae_tiling: bool = False,
     vae_slicing: bool = False,
     quantize: Quantize = "none",
     config: Annotated[str, MODEL_SOURCE, Field(description="configs for a single-file checkpoint of another "
                                                            "architecture")] | None = None,
+    compile: Compile = "none",
 ) -> Checkpoint:
     """Load an SDXL checkpoint lazily: returns handles; weights are read when a node first needs them.
 
     source: a diffusers folder, a .safetensors file, a hub id (e.g. diffusers/stable-diffusion-xl-1.0-inpainting-0.1),
     or builtin:tiny-sdxl-inpaint / builtin:tiny-sdxl (random weights, for tests and demos).
-    dtype auto: float16 on CUDA with the VAE kept in float32 (it overflows in float16); float32 on CPU.
-    Memory options (docs/memory.md): offload none|model|sequential|group (CUDA), attention sdpa|sliced,
+    dtype auto: float16 on CUDA and bfloat16 on CPUs with native bf16 (AVX512-BF16/AMX), float32 on other
+    CPUs; the VAE stays float32. float32 is the reference. attention auto (the SDPA kernel measured fastest
+    per device and size) | sdpa (PyTorch's choice) | math | sliced. compile none|unet|all: torch.compile the
+    UNet (all: and the VAE), slow first call per size, eager with a warning where unsupported.
+    Memory options (docs/memory.md): offload none|model|sequential|group (CUDA),
     vae_tiling, vae_slicing, quantize none|int8|fp8 (optimum-quanto, CPU too)|nf4 (bitsandbytes, CUDA)
     for the UNet and both text encoders. config: for a single-file checkpoint of another architecture than
     SDXL 1.0, a diffusers folder (or hub id) whose configs and tokenizers describe it.
@@ -359,11 +365,11 @@ def LoadCheckpoint(
     vae_scale = 2 ** (len(vae_cfg.get("block_out_channels", [0, 0, 0, 0])) - 1)
     options = MemoryOptions(offload, attention, vae_tiling, vae_slicing, quantize)
     unet = UNetHandle(
-        ModelRef(src, model_dtype, dev, options), in_channels, vae_scale,
+        ModelRef(src, model_dtype, dev, options, compile), in_channels, vae_scale,
         bool(index.get("force_zeros_for_empty_prompt", True)), bool(index.get("requires_aesthetics_score", False)),
         unet_cfg.get("time_cond_proj_dim"), int(unet_cfg.get("addition_time_embed_dim") or 256),
         json.dumps(sched_cfg, sort_keys=True))
     clip = ClipHandle(ModelRef(src, model_dtype, dev, options))
-    vae = VaeHandle(ModelRef(src, vae_dtype, dev, options), float(vae_cfg.get("scaling_factor", 0.13025)), vae_scale,
+    vae = VaeHandle(ModelRef(src, vae_dtype, dev, options, compile), float(vae_cfg.get("scaling_factor", 0.13025)), vae_scale,
                     bool(vae_cfg.get("force_upcast", True)))
     return Checkpoint(unet, clip, vae)

@@ -22,7 +22,7 @@ def inpaint_graph(source: str, *, prompt: str = "a red apple", prompt_2: str | N
                   mask_mode: str = "nearest", **sample: object) -> Graph:
     """checkpoint -> prompts -> VAEEncode(+mask) -> DownsampleMask -> Sample -> VAEDecode (node 'decode')."""
     g = Graph()
-    ckpt = g.add("LoadCheckpoint", id="checkpoint", source=source)
+    ckpt = g.add("LoadCheckpoint", id="checkpoint", source=source, dtype="float32")  # the reference precision
     img = g.add("LoadImage", id="image", path=str(image))
     msk = g.add("LoadMask", id="mask", path=str(mask))
     pos = g.add("EncodePrompt", id="positive", clip=ckpt.clip, prompt=prompt,
