@@ -18,7 +18,7 @@ from nodes.memory import MeasuredAttention, choose_dtypes, fastest_backend, nati
 from nodes.models import LoadCheckpoint
 from tests.sdxl_graphs import inpaint_graph
 
-BF16_TOL = 0.1  # max abs pixel difference (images in 0..1) of bf16 against fp32 on the tiny model; measured 0.016
+BF16_TOL = 0.1  # max abs pixel difference (images in 0..1) of bf16 against fp32 on the tiny model; measured 0.033 (mean 0.0037)
 
 
 def images(tiny_models, tmp_path, **checkpoint):
