@@ -184,6 +184,7 @@ def prepare(args: argparse.Namespace, work: Path) -> None:
     (work / "models" / "checkpoints").mkdir(parents=True, exist_ok=True)
     (work / "input").mkdir(exist_ok=True)
     (work / "out").mkdir(exist_ok=True)
+    (work / "custom_nodes").mkdir(exist_ok=True)  # ComfyUI lists it at start
     ckpt = work / "models" / "checkpoints" / CKPT
     if not ckpt.exists():
         if args.single_file:
@@ -212,6 +213,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--engines", default="comfy,float32,auto", help="which to run, in round order")
     p.add_argument("--work", help="folder for the job (default: a new temp folder)")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="skip nodegraph's uncounted first run (the --work folder already holds its conversion)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     for name in ("--dtype", "--ckpt", "--image", "--state-dir", "--out"):
         p.add_argument(name, help=argparse.SUPPRESS)
@@ -225,7 +228,7 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="vs_comfyui."))
     prepare(args, work)
     engines = args.engines.split(",")
-    if any(e != "comfy" for e in engines):  # one-time single-file conversion and fingerprint, not counted
+    if any(e != "comfy" for e in engines) and not args.no_warmup:  # one-time single-file conversion and fingerprint, not counted
         t = time.time()
         run_nodegraph(args, "float32", work)
         print(f"nodegraph preparation run (single-file conversion kept in its state dir): {time.time() - t:.1f} s",
