@@ -212,7 +212,7 @@ class DiskCache:
         return True
 
     def _files(self) -> list[tuple[Path, os.stat_result]]:
-        out = []
+        out: list[tuple[Path, os.stat_result]] = []
         if not self.entries_dir.is_dir():
             return out
         for sub in self.entries_dir.iterdir():

@@ -82,8 +82,9 @@ def parse_set(item: str) -> tuple[str, Any]:
 
 
 def _apply_sets(graph: Any, sets: list[str]) -> None:
+    # A path typed on the command line is relative to where it was typed, not to the workflow's folder.
     for item in sets:
-        apply_override(graph, *parse_set(item))
+        apply_override(graph, *parse_set(item), base_dir=Path.cwd())
 
 
 def _usage_issue(message: str) -> Any:
@@ -222,9 +223,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     if not result.ok:
-        err = result.error
-        where = f"node {err.node_id!r} ({err.node_type})" if err is not None else "the engine"
-        what = f"{err.exception_type}: {err.message}" if err is not None else "unknown error"
+        failure = result.error
+        where = f"node {failure.node_id!r} ({failure.node_type})" if failure is not None else "the engine"
+        what = f"{failure.exception_type}: {failure.message}" if failure is not None else "unknown error"
         print(f"run failed in {where}: {what}", file=sys.stderr)
         return EXIT_FAILED
     if not args.quiet:
@@ -242,7 +243,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
-        vg = validate(load_workflow(args.file))
+        graph = load_workflow(args.file)
+        output_dir = Path(args.output_dir).expanduser().resolve()
+        vg = validate(graph, policy=_policy(args, graph, output_dir, EngineSettings.from_env()))
     except WorkflowError as err:
         _print_issues(err, args.json)
         return EXIT_INVALID
@@ -250,6 +253,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": True, "nodes": len(vg.order), "outputs": vg.outputs}))
     else:
         print(f"ok: {len(vg.order)} nodes, output nodes {vg.outputs}")
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from nodegraph.comfy_ui import convert_workflow
+    from nodegraph.workflow import read_workflow_data
+
+    converted = convert_workflow(read_workflow_data(args.file), args.to, REGISTRY, args.file)
+    text = json.dumps(converted, indent=2) + "\n"
+    if args.output:
+        atomic_write_bytes(args.output, text.encode())
+    else:
+        sys.stdout.write(text)
     return EXIT_OK
 
 
@@ -297,6 +313,15 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_policy_args(p: argparse.ArgumentParser, output_dir: bool = True) -> None:
+    if output_dir:
+        p.add_argument("--output-dir", default="outputs", help="where output nodes would write (default: ./outputs)")
+    p.add_argument("--allow-outside-writes", action="store_true",
+                   help="let the workflow write outside --output-dir (docs/security.md)")
+    p.add_argument("--trust-workflow", action="store_true",
+                   help="a workflow taken from a PNG may read files anywhere, not only beside the PNG")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nodegraph", description="Run and inspect node-graph workflows.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -315,16 +340,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the disk cache")
     p.add_argument("--dry-run", action="store_true", help="print the plan (what would run, what is cached) and stop")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
-    p.add_argument("--allow-outside-writes", action="store_true",
-                   help="let the workflow write outside --output-dir (docs/security.md)")
-    p.add_argument("--trust-workflow", action="store_true",
-                   help="a workflow taken from a PNG may read files anywhere, not only beside the PNG")
+    _add_policy_args(p, output_dir=False)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("validate", help="check a workflow without running it")
+    p = sub.add_parser("validate", help="check a workflow without running it (paths as `run` would check them)")
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
+    _add_policy_args(p)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("convert", help="print a workflow (native, ComfyUI UI or API format, PNG) converted")
+    p.add_argument("file")
+    p.add_argument("--to", choices=["native", "api"], default="native",
+                   help="native v1 (default) or ComfyUI API format")
+    p.add_argument("-o", "--output", metavar="OUT", help="write here instead of printing")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("nodes", help="list node types with inputs, outputs and docs")
     p.add_argument("--json", action="store_true")
@@ -339,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", default=None, help="prune down to this size, e.g. 2GiB")
     p.set_defaults(func=cmd_cache)
 
+    from nodegraph.server.cli import add_serve_command
+
+    add_serve_command(sub)
     for ep in metadata.entry_points(group=COMMANDS_ENTRY_POINT):
         ep.load()(sub)
     return parser

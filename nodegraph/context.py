@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,6 +81,8 @@ class RunContext:
     settings: EngineSettings = field(default_factory=EngineSettings)
     run_id: str = ""
     previews: PreviewSettings | None = None  # None: this run wants no previews
+    # Extra text chunks for PNGs this run writes (the server's ComfyUI-style ``prompt``/``workflow``).
+    png_text: Mapping[str, str] = field(default_factory=dict)
 
     def progress(self, total: int) -> Progress:
         return Progress(self, total)
@@ -92,7 +94,7 @@ class RunContext:
         """A session-wide object (a model manager, say) shared by every run of the same engine."""
         if kind not in self.resources:
             self.resources[kind] = factory() if factory else kind()
-        return self.resources[kind]  # type: ignore[no-any-return]
+        return self.resources[kind]
 
     def record_loaded(self, component: str) -> None:
         """Tell the run report that a model component was read from disk during this run."""

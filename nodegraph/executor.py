@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,7 @@ class _Run:
     output_dir: Path
     workflow_json: str | None
     previews: PreviewSettings | None
+    png_text: Mapping[str, str]
     by_key: dict[str, dict[str, Any]] = field(default_factory=dict)  # identical sub-graphs compute once
     current: tuple[str, str] | None = None  # (node id, type) of the node executing now
 
@@ -148,7 +150,7 @@ class Engine:
                     external = spec.fingerprint(**literals)
                 except Exception as exc:
                     raise NodeExecutionError(n, spec.name, exc) from exc
-            upstream = {name: (keys[link.node], link.output) for name, link in vg.links[n].items()}
+            upstream = {name: (keys[link.node], str(link.output)) for name, link in vg.links[n].items()}
             if spec.content_inputs:
                 literals = {k: v for k, v in literals.items() if k not in spec.content_inputs}
             keys[n] = node_key(spec.name, spec.version, literals, upstream, external, salt=getattr(spec, "salt", ""))
@@ -205,18 +207,21 @@ class Engine:
         policy: PathPolicy | None = None,
         run_id: str | None = None,
         output_dir: str | Path | None = None,
+        png_text: Mapping[str, str] | None = None,
     ) -> RunResult:
         """Validate (raises WorkflowError) then run. ``outputs`` limits which output nodes are demanded;
         by default every output node. Node failures raise NodeExecutionError unless ``raise_on_error``
         is False, in which case the result carries the error. ``output_dir`` overrides the settings'
-        for this run; ``previews`` asks long nodes for preview images on their progress events."""
+        for this run; ``previews`` asks long nodes for preview images on their progress events; ``png_text``
+        adds text chunks to the PNGs the run writes."""
         vg = validate(graph, outputs, policy)
         run_id = run_id or uuid.uuid4().hex
         result = new_result({n: inst.type for n, inst in graph.nodes.items()}, run_id)
         report = ReportListener(result)
         run = _Run(vg, run_id, FanOut((report, listener)) if listener is not None else report,
                    cancel or CancelToken(), result,
-                   Path(output_dir) if output_dir is not None else self.settings.output_dir, workflow_json, previews)
+                   Path(output_dir) if output_dir is not None else self.settings.output_dir, workflow_json, previews,
+                   dict(png_text or {}))
         start = time.perf_counter()
         try:
             with use_settings(self.settings):
@@ -293,7 +298,7 @@ class Engine:
                 t0 = time.perf_counter()
                 disk = self._disk()
                 found, value = disk.get(key) if disk is not None else (False, None)
-                if not found:
+                if not found or not isinstance(value, dict):
                     raise _Unreadable(key, "disk")
                 self.memory.put(key, value)
                 self._serve(run, n, spec, key, value, "disk", t0)
@@ -313,11 +318,11 @@ class Engine:
         t0 = time.perf_counter()
         kwargs = dict(run.vg.literals[n])
         for name, link in run.vg.links[n].items():
-            kwargs[name] = run.result.values[link.node][link.output]
+            kwargs[name] = run.result.values[link.node][str(link.output)]
         if spec.context_param is not None:
             kwargs[spec.context_param] = RunContext(n, run.output_dir, run.listener, run.cancel, self.resources,
                                                     run.result.loaded, run.workflow_json, self.settings,
-                                                    run.run_id, run.previews)
+                                                    run.run_id, run.previews, run.png_text)
         files: tuple[str, ...] = ()
         try:
             raw = spec.fn(**kwargs)

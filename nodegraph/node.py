@@ -28,11 +28,12 @@ from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 from pydantic.fields import FieldInfo
 
-from nodegraph.types import file_role_of, is_optional, primitive_of, socket_of, strip_optional
+from nodegraph.types import file_role_of, is_optional, primitive_of, socket_of, strip_optional, takes_literal
 
 logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "nodegraph.nodes"
+SAMPLER_ENTRY_POINT_GROUP = "nodegraph.samplers"
 _MISSING = inspect.Parameter.empty
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -202,12 +203,12 @@ class NodeSpec:
     def content_inputs(self) -> tuple[str, ...]:
         return self.cache.content_inputs
 
-    @property
+    @functools.cached_property
     def salt(self) -> str:
         """What persisted keys must include besides ``version``: the node pack's version and the major.minor
         of each library the node depends on, so an upgrade that changes the numbers misses old entries.
         Read from installed metadata (nothing is imported), memoised per process."""
-        return environment_salt(self.fn.__module__.split(".")[0], self.depends)
+        return environment_salt(self.fn.__module__.split(".")[0], tuple(sorted(set(self.depends))))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -251,14 +252,50 @@ def environment_salt(top_level_package: str, depends: tuple[str, ...]) -> str:
     return ";".join(parts)
 
 
+@dataclass(frozen=True)
+class SamplerEntry:
+    """A sampler added by a user: a scheduler class (diffusers' interface) and overrides of its config."""
+
+    cls: type
+    config: Mapping[str, Any]
+
+
 class Registry:
-    """Node types, ComfyUI class_types and storable payload types by name: the one global mutable state."""
+    """Node types, ComfyUI class_types, storable payload types and user samplers by name: the one global
+    mutable state."""
 
     def __init__(self) -> None:
         self.nodes: dict[str, NodeSpec] = {}
         self.comfy: dict[str, ComfyMapping] = {}
         self.payloads: dict[str, type] = {}  # dataclasses the disk cache may rebuild (nodegraph.codec)
+        self.samplers: dict[str, SamplerEntry] = {}
         self._entry_points_loaded = False
+        self._sampler_entry_points_loaded = False
+
+    def add_sampler(self, name: str, cls: type, **config_overrides: Any) -> None:
+        for method in ("set_timesteps", "step", "scale_model_input", "from_config"):
+            if not callable(getattr(cls, method, None)):
+                raise TypeError(f"sampler {name!r}: {cls.__name__} has no {method}() (not a diffusers scheduler)")
+        self.samplers[name] = SamplerEntry(cls, dict(config_overrides))
+
+    def sampler(self, name: str) -> SamplerEntry | None:
+        self._load_sampler_entry_points()
+        return self.samplers.get(name)
+
+    def sampler_names(self) -> list[str]:
+        self._load_sampler_entry_points()
+        return list(self.samplers)
+
+    def _load_sampler_entry_points(self) -> None:
+        """Each entry point of group ``nodegraph.samplers`` names a scheduler class; its name is the sampler's."""
+        if self._sampler_entry_points_loaded:
+            return
+        self._sampler_entry_points_loaded = True
+        for ep in metadata.entry_points(group=SAMPLER_ENTRY_POINT_GROUP):
+            try:
+                self.add_sampler(ep.name, ep.load())
+            except Exception:  # a broken third-party sampler must not take the engine down
+                logger.exception("could not load sampler %r (%s)", ep.name, ep.value)
 
     def add(self, spec: NodeSpec) -> None:
         existing = self.nodes.get(spec.name)
@@ -295,6 +332,14 @@ class Registry:
 
 
 REGISTRY = Registry()
+
+
+def register_sampler(name: str, cls: type, *, registry: Registry | None = None, **config_overrides: Any) -> None:
+    """Make a diffusers-style scheduler class a sampler choice (validation, listings, schema, ComfyUI).
+
+    config_overrides are applied on top of the model's scheduler config, as for the built-in samplers.
+    """
+    (registry or REGISTRY).add_sampler(name, cls, **config_overrides)
 
 
 def node(
@@ -435,9 +480,12 @@ def _build_spec(
         required = param.default is _MISSING
         default = None if required else param.default
         description = description_of(annotation)
-        if socket is not None:
+        if socket is not None and not takes_literal(annotation):
             inputs[param.name] = InputSpec(param.name, socket, True, required, default, annotation,
                                            description=description)
+        elif socket is not None:  # a socket that also takes a literal (a SIGMAS list written out)
+            inputs[param.name] = InputSpec(param.name, socket, False, required, default, annotation,
+                                           TypeAdapter(annotation), description=description)
         else:
             adapter: TypeAdapter[Any] = TypeAdapter(annotation)
             if not required and default is not None:
@@ -450,8 +498,8 @@ def _build_spec(
     if outputs is None:
         out_types = _declared_outputs(name, hints.get("return"), is_output)
         ret = hints.get("return")
-        if _is_named_tuple(ret) and len(out_types) == 1:
-            fn = _unwrap_single(fn)
+        if isinstance(ret, type) and issubclass(ret, tuple) and _is_named_tuple(ret) and len(out_types) == 1:
+            fn = _unwrap_single(fn, name, ret)
     else:
         out_types = {}
         for out_name, ann in outputs.items():
@@ -478,11 +526,15 @@ def _build_spec(
                     check, tuple(depends))
 
 
-def _unwrap_single(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _unwrap_single(fn: Callable[..., Any], name: str, declared: type[tuple[Any, ...]]) -> Callable[..., Any]:
     """A one-field NamedTuple renames a single output; the engine stores the field's value, not the tuple."""
 
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)[0]
+        result = fn(*args, **kwargs)
+        if not isinstance(result, declared):
+            raise TypeError(f"{name} must return a {declared.__name__} (its declared outputs), "
+                            f"got {type(result).__name__}")
+        return result[0]
 
     return call

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 from nodegraph.events import CacheTier
 
@@ -25,8 +25,7 @@ class Action(str, Enum):
     NOT_NEEDED = "not_needed"  # no demanded output depends on it, or a descendant is served from a cache
 
 
-@dataclass(frozen=True)
-class PlannedNode:
+class PlannedNode(NamedTuple):  # a tuple: one per node per run, so cheap to build
     node_id: str
     node_type: str
     action: Action

@@ -71,18 +71,21 @@ class ReportListener:
 
     def on_event(self, event: RunEvent) -> None:
         nodes = self.result.nodes
-        if isinstance(event, RunStarted):
+        kind = type(event)
+        if kind is NodeFinished:  # the most frequent event first
+            assert isinstance(event, NodeFinished)
+            info = nodes[event.node_id]
+            info.update(status=event.status, cache=None, seconds=event.seconds)
+            info.pop("read", None)
+            if event.status is NodeStatus.EXECUTED and event.files:
+                self.result.outputs[event.node_id] = list(event.files)
+        elif isinstance(event, RunStarted):
             for node_id, tier in event.unread_cached:
                 if nodes[node_id]["status"] == NodeStatus.SKIPPED:
                     nodes[node_id].update(status=NodeStatus.CACHED, cache=tier, read=False)
         elif isinstance(event, NodeCached):
             nodes[event.node_id].update(status=NodeStatus.CACHED, cache=event.tier, seconds=event.seconds)
             nodes[event.node_id].pop("read", None)
-        elif isinstance(event, NodeFinished):
-            nodes[event.node_id].update(status=event.status, cache=None, seconds=event.seconds)
-            nodes[event.node_id].pop("read", None)
-            if event.status is NodeStatus.EXECUTED and event.files:
-                self.result.outputs[event.node_id] = list(event.files)
         elif isinstance(event, RunFinished):
             self.result.ok, self.result.seconds = True, event.seconds
         elif isinstance(event, RunFailed):

@@ -19,9 +19,21 @@ PRIMITIVES: dict[type, str] = {bool: "BOOLEAN", int: "INT", float: "FLOAT", str:
 
 @dataclass(frozen=True)
 class Socket:
-    """Marker used inside ``Annotated`` to name the socket type of an annotation."""
+    """Marker used inside ``Annotated`` to name the socket type of an annotation.
+
+    literal: the input also takes a literal of the annotated type (a SIGMAS list written out by hand).
+    """
 
     name: str
+    literal: bool = False
+
+
+def takes_literal(annotation: Any) -> bool:
+    """Whether a socket input may also be written as a literal (``Socket(..., literal=True)``)."""
+    annotation = strip_optional(annotation)
+    if get_origin(annotation) is typing.Annotated:
+        return any(isinstance(extra, Socket) and extra.literal for extra in annotation.__metadata__)
+    return False
 
 
 def socket_of(annotation: Any) -> str | None:

@@ -74,6 +74,9 @@ def _allows_non_finite(annotation: Any) -> bool:
 def literal_problem(value: Any, limit: int = MAX_LITERAL_DEPTH, non_finite_ok: bool = False) -> str | None:
     """What makes a literal unusable before its type is even checked: too deep, NaN/Infinity, or text
     that cannot be encoded as UTF-8 (lone surrogates, which JSON allows). Iterative: no recursion."""
+    kind = type(value)
+    if kind is int or kind is bool or value is None or (kind is str and value.isascii()):
+        return None  # the common literals, answered without the walk
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()

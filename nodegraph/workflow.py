@@ -1,4 +1,4 @@
-"""Workflow files: load (native v1, ComfyUI API format, or a PNG that carries one), validate shape, save.
+"""Workflow files: load (native v1, ComfyUI API or UI format, or a PNG that carries one), validate shape, save.
 
 Native format v1 (docs/workflow-format.md)::
 
@@ -135,17 +135,20 @@ def read_workflow_data(path: str | os.PathLike[str]) -> Any:
 
 
 def _png_workflow_text(path: Path) -> str:
+    """Ours first; else ComfyUI's chunks: ``prompt`` (API format, what ran) before ``workflow`` (the editor's)."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            text = getattr(img, "text", {}).get(PNG_TEXT_KEY)
+            chunks = getattr(img, "text", {})
     except Exception as exc:
         raise WorkflowError([Issue(kind="invalid_file", found=str(path), message=f"{path}: unreadable PNG: {exc}")]) from None
-    if text is None:
-        raise WorkflowError([Issue(kind="invalid_file", found=str(path),
-                                   message=f"{path}: this PNG carries no nodegraph workflow (no '{PNG_TEXT_KEY}' text chunk)")])
-    return text
+    for key in (PNG_TEXT_KEY, "prompt", "workflow"):
+        if chunks.get(key):
+            return str(chunks[key])
+    raise WorkflowError([Issue(kind="invalid_file", found=str(path),
+                               message=f"{path}: this PNG carries no workflow (no '{PNG_TEXT_KEY}' text chunk, nor "
+                                       "ComfyUI's 'prompt' or 'workflow')")])
 
 
 def _decode_input(value: Any, node_id: str, name: str, issues: list[Issue]) -> Any:
@@ -162,9 +165,12 @@ def _decode_input(value: Any, node_id: str, name: str, issues: list[Issue]) -> A
     return value
 
 
-def apply_override(graph: Graph, target: str, value: Any) -> None:
+def apply_override(graph: Graph, target: str, value: Any, base_dir: Path | None = None) -> None:
     """Set ``NODE.INPUT`` to a JSON value, as written in a workflow file: ``["node", "output"]`` links,
-    ``{"value": ...}`` escapes. One code path for ``nodegraph run --set`` and batch jobs."""
+    ``{"value": ...}`` escapes. One code path for ``nodegraph run --set`` and batch jobs.
+
+    ``base_dir``: where a relative path given for a file-reading input is relative to (the current
+    directory for ``--set`` on a command line), rather than the workflow file's folder."""
     node_id, dot, input_name = target.rpartition(".")
     if not dot or not node_id or not input_name:
         raise WorkflowError([Issue(kind="invalid_value", found=target,
@@ -173,12 +179,40 @@ def apply_override(graph: Graph, target: str, value: Any) -> None:
     decoded = _decode_input(value, node_id, input_name, issues)
     if issues:
         raise WorkflowError(issues)
+    if base_dir is not None and isinstance(decoded, str):
+        decoded = _anchor_read_path(graph, node_id, input_name, decoded, base_dir)
     graph.set_input(node_id, input_name, decoded)
+
+
+def _anchor_read_path(graph: Graph, node_id: str, input_name: str, value: str, base_dir: Path) -> str:
+    """A relative path for an input that reads a file, made absolute against ``base_dir``; a model
+    source only when it names something there (else it may be a hub id like ``org/name``)."""
+    from nodegraph.types import file_role_of
+
+    instance = graph.nodes.get(node_id)
+    spec = graph.registry.get(instance.type) if instance is not None else None
+    inp = spec.inputs.get(input_name) if spec is not None else None
+    role = file_role_of(inp.annotation) if inp is not None else None
+    if role is None or role.access != "read" or not value or Path(value).expanduser().is_absolute():
+        return value
+    anchored = base_dir / value
+    if role.hub_ok and not anchored.exists():
+        return value
+    return str(anchored)
 
 
 def graph_from_data(data: Any, registry: Registry | None = None, source: str = "<workflow>") -> Graph:
     """Build a Graph from a parsed JSON document in either supported format."""
     registry = registry or REGISTRY
+    from nodegraph.comfy_ui import is_ui_workflow
+
+    if is_ui_workflow(data):
+        from nodegraph.comfy import graph_from_comfy
+        from nodegraph.comfy_ui import ui_to_api
+
+        graph = graph_from_comfy(ui_to_api(data, registry), registry)
+        graph.metadata["imported_from"] = "comfyui-ui"
+        return graph
     if isinstance(data, dict) and "version" not in data and "nodes" not in data and data and all(
         isinstance(v, dict) and "class_type" in v for v in data.values()
     ):
@@ -189,7 +223,8 @@ def graph_from_data(data: Any, registry: Registry | None = None, source: str = "
         found = type(data).__name__ if not isinstance(data, dict) else f"keys {sorted(data)[:8]}"
         raise WorkflowError([Issue(kind="invalid_file", found=found,
                                    message=f"{source}: not a workflow: expected an object with 'version' and 'nodes' "
-                                           "(native format) or ComfyUI API format ({id: {class_type, inputs}})")])
+                                           "(native format), ComfyUI API format ({id: {class_type, inputs}}) or a "
+                                           "ComfyUI UI-format file (nodes, links, version)")])
     if data.get("version") != FORMAT_VERSION:
         raise WorkflowError([Issue(kind="unsupported_version", expected=FORMAT_VERSION, found=data.get("version"),
                                    message=f"{source}: workflow format version {data.get('version')!r} is not "
@@ -197,14 +232,15 @@ def graph_from_data(data: Any, registry: Registry | None = None, source: str = "
     try:
         parsed = WorkflowFile.model_validate(data)
     except PydanticValidationError as exc:
-        issues = []
+        shape_issues: list[Issue] = []
         for err in exc.errors():
             loc = [str(x) for x in err["loc"]]
             node = loc[1] if len(loc) > 1 and loc[0] == "nodes" else None
             field_name = ".".join(loc[2:]) if node is not None else ".".join(loc)
-            issues.append(Issue(kind="invalid_file", node=node, input=field_name or None,
-                                message=f"{source}: {'.'.join(loc)}: {err['msg']}", found=short_repr(err.get("input"))))
-        raise WorkflowError(issues) from None
+            shape_issues.append(Issue(kind="invalid_file", node=node, input=field_name or None,
+                                      message=f"{source}: {'.'.join(loc)}: {err['msg']}",
+                                      found=short_repr(err.get("input"))))
+        raise WorkflowError(shape_issues) from None
     issues: list[Issue] = []
     nodes: dict[str, NodeInstance] = {}
     for node_id, entry in parsed.nodes.items():

@@ -25,11 +25,25 @@ def _make_tiny_model(args: argparse.Namespace) -> int:
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     print(f"wrote a {'full-size' if args.full_size else 'tiny'} random-weight SDXL model ({args.in_channels}-channel UNet, seed {args.seed}, "
           f"{size / 1e6:.1f} MB) to {folder}")
+    if not args.full_size:
+        for path in write_tiny_addons(folder / "addons", args.in_channels, args.seed):
+            print(f"  add-on: {path}")
     return 0
 
 
+def write_tiny_addons(folder: Path, in_channels: int, seed: int) -> list[Path]:
+    """A tiny random LoRA in both layouts and a tiny SDXL ControlNet matching the tiny model, in ``folder``
+    (outside the model's components, so the model's content fingerprint does not change)."""
+    from nodes.tiny import make_tiny_controlnet, make_tiny_lora
+
+    return [make_tiny_lora(folder / "lora-peft.safetensors", "peft", seed=seed + 1, in_channels=in_channels),
+            make_tiny_lora(folder / "lora-kohya.safetensors", "kohya", seed=seed + 2, in_channels=in_channels),
+            make_tiny_controlnet(folder / "controlnet", seed=seed + 3, in_channels=in_channels)]
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("make-tiny-model", help="write a tiny random-weight SDXL model (diffusers format)")
+    p = sub.add_parser("make-tiny-model", help="write a tiny random-weight SDXL model (diffusers format), with a "
+                       "tiny LoRA (peft and kohya layouts) and a tiny ControlNet in <dir>/addons")
     p.add_argument("dir", help="a new or empty directory")
     p.add_argument("--in-channels", type=int, choices=[9, 4], default=9,
                    help="9 = inpainting UNet (default), 4 = base UNet")

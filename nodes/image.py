@@ -13,11 +13,11 @@ from PIL import Image as PILImage
 from PIL import PngImagePlugin
 from pydantic import Field
 
-from nodegraph import ComfyMapping, RunContext, node, payload, rename_mapping
+from nodegraph import RunContext, node, payload
 from nodegraph.files import atomic_write_bytes, write_numbered
 from nodegraph.keys import file_fingerprint
 from nodegraph.node import PERSIST, CachePolicy
-from nodegraph.settings import DEFAULT_MAX_PIXELS
+from nodegraph.settings import DEFAULT_MAX_PIXELS, active_settings
 from nodegraph.types import READ_PATH, WRITE_PATH
 from nodegraph.workflow import PNG_TEXT_KEY
 from nodes.payloads import Image, Mask
@@ -67,8 +67,8 @@ def rounded_size(width: int, height: int, multiple: int) -> tuple[int, int]:
 
 
 def max_input_pixels(ctx: RunContext | None) -> int:
-    settings = getattr(ctx, "settings", None)
-    return int(getattr(settings, "max_input_pixels", DEFAULT_MAX_PIXELS))
+    """The engine's input pixel limit (``EngineSettings.max_input_pixels``)."""
+    return (ctx.settings if ctx is not None else active_settings()).max_input_pixels
 
 
 def regular_file(path: str, what: str, max_bytes: int | None = None) -> Path:
@@ -180,8 +180,7 @@ class ImageAndMask(NamedTuple):
     mask: Mask
 
 
-@node(category="image", version=2, cache=CachePolicy.reads(_path_fingerprint, "path"),
-      comfy=rename_mapping("LoadImage", "LoadImage", {"image": "path"}, ("image", "mask")))
+@node(category="image", version=2, cache=CachePolicy.reads(_path_fingerprint, "path"))
 def LoadImage(path: ImagePath, ctx: RunContext, round_to: RoundTo = 8) -> ImageAndMask:
     """Load an image file as RGB; its alpha channel (if any) becomes the mask: transparent = repaint.
 
@@ -222,8 +221,7 @@ def LoadMask(path: ImagePath, ctx: RunContext,
     return 1.0 - mask if invert else mask
 
 
-@node(category="image", version=1, output=True,
-      comfy=rename_mapping("SaveImage", "SaveImage", {"images": "image", "filename_prefix": "prefix"}, ()))
+@node(category="image", version=1, output=True)
 def SaveImage(
     image: Image,
     ctx: RunContext,
@@ -249,6 +247,10 @@ def SaveImage(
             info = PngImagePlugin.PngInfo()
             if embed_workflow and ctx.workflow_json:
                 info.add_text(PNG_TEXT_KEY, ctx.workflow_json)
+            if embed_workflow:  # e.g. ComfyUI's "prompt" and "workflow", so its editor restores the graph
+                for key, text in ctx.png_text.items():
+                    if key != PNG_TEXT_KEY:
+                        info.add_text(key, text)
             pil.save(buf, format="PNG", pnginfo=info)
         else:
             pil.save(buf, format=format.upper(), quality=quality)
@@ -318,18 +320,10 @@ def _gaussian_blur(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return m[:, 0]
 
 
-def _comfy_composite(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    if inputs.get("x", 0) or inputs.get("y", 0):
-        raise ValueError("ImageCompositeMasked with an x/y offset is not supported; only x=0, y=0")
-    return {"": {"type": "CompositeMasked", "inputs": {"original": inputs["destination"],
-                                                      "generated": inputs["source"], "mask": inputs["mask"]}}}
-
-
 Feather = Annotated[int, Field(ge=0, le=256, description="soften the seam inward over this many pixels")]
 
 
-@node(category="image", version=1, cache=PERSIST,
-      comfy=ComfyMapping("ImageCompositeMasked", _comfy_composite, (("", "image"),)))
+@node(category="image", version=1, cache=PERSIST)
 def CompositeMasked(original: Image, generated: Image, mask: Mask, feather: Feather = 0) -> Image:
     """Paste the generated pixels into the original only where the mask is set.
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
-from nodegraph import ComfyMapping, RunContext, node, rename_mapping
+from nodegraph import RunContext, node
 from nodegraph.files import atomic_write_bytes
 from nodegraph.keys import file_fingerprint
 from nodegraph.node import PERSIST, CachePolicy
@@ -39,23 +39,7 @@ def _encode(model: Any, vae: VaeHandle, pixels: torch.Tensor) -> torch.Tensor:
     return dist.mode() * vae.scaling_factor
 
 
-def _comfy_encode_for_inpaint(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {
-        "enc": {"type": "VAEEncode", "inputs": {"vae": inputs["vae"], "image": inputs["pixels"], "mask": inputs["mask"]}},
-        "": {"type": "DownsampleMask", "inputs": {"latent": ["@enc", "latent"], "mask": inputs["mask"],
-                                                 "mode": "max" if inputs.get("grow_mask_by", 0) else "nearest"}},
-    }
-
-
-def _comfy_inpaint_conditioning(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return _comfy_encode_for_inpaint(inputs | {"grow_mask_by": 0})
-
-
-@node(category="latent", version=1, cache=PERSIST,
-      comfy=(rename_mapping("VAEEncode", "VAEEncode", {"pixels": "image", "vae": "vae"}, ("latent",)),
-             ComfyMapping("VAEEncodeForInpaint", _comfy_encode_for_inpaint, (("", "latent"),)),
-             ComfyMapping("InpaintModelConditioning", _comfy_inpaint_conditioning,
-                          (("=positive", ""), ("=negative", ""), ("", "latent")))))
+@node(category="latent", version=1, cache=PERSIST)
 def VAEEncode(vae: VaeHandle, image: Image, ctx: RunContext, mask: Mask | None = None) -> Latent:
     """Encode an image to latents (the posterior mode, so the result does not depend on any seed).
 
@@ -82,12 +66,7 @@ def VAEEncode(vae: VaeHandle, image: Image, ctx: RunContext, mask: Mask | None =
     return Latent(samples.float(), masked.float() if masked is not None else None)
 
 
-def _comfy_noise_mask(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {"": {"type": "DownsampleMask", "inputs": {"latent": inputs["samples"], "mask": inputs["mask"]}}}
-
-
-@node(category="latent", version=1, cache=PERSIST,
-      comfy=ComfyMapping("SetLatentNoiseMask", _comfy_noise_mask, (("", "latent"),)))
+@node(category="latent", version=1, cache=PERSIST)
 def DownsampleMask(latent: Latent, mask: Mask, mode: Literal["nearest", "max", "area"] = "nearest") -> Latent:
     """Attach the mask at latent size (1 = repaint).
 
@@ -108,9 +87,7 @@ def DownsampleMask(latent: Latent, mask: Mask, mode: Literal["nearest", "max", "
     return latent.replace(mask=small)
 
 
-@node(category="latent", version=1, cache=PERSIST,
-      comfy=rename_mapping("EmptyLatentImage", "EmptyLatent", {"width": "width", "height": "height",
-                                                                 "batch_size": "batch_size"}, ("latent",)))
+@node(category="latent", version=1, cache=PERSIST)
 def EmptyLatent(width: Size = 1024, height: Size = 1024,
                 batch_size: Annotated[int, Field(ge=1, le=64, description="images per run")] = 1) -> Latent:
     """An empty latent for text-to-image (SDXL's 8x VAE factor; sizes rounded down to multiples of 8).
@@ -120,8 +97,7 @@ def EmptyLatent(width: Size = 1024, height: Size = 1024,
     return Latent(torch.zeros(batch_size, 4, height // 8, width // 8), empty=True)
 
 
-@node(category="latent", version=1, cache=PERSIST,
-      comfy=rename_mapping("VAEDecode", "VAEDecode", {"samples": "latent", "vae": "vae"}, ("image",)))
+@node(category="latent", version=1, cache=PERSIST)
 def VAEDecode(vae: VaeHandle, latent: Latent, ctx: RunContext) -> Image:
     """Decode latents to an image batch [B, H, W, C] in [0, 1]."""
     import torch

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 from pydantic import Field
 
-from nodegraph import RunContext, node, rename_mapping
+from nodegraph import RunContext, node
 from nodegraph.node import CachePolicy
 from nodegraph.settings import active_settings
 from nodegraph.types import MODEL_SOURCE
@@ -52,13 +52,27 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 
 
 @dataclass(frozen=True)
+class LoraPatch:
+    """One LoRA applied to a component (nodes.lora): its content digest names it, not its path."""
+
+    name: str  # PEFT adapter name, derived from the file's content digest
+    path: str
+    strength: float
+
+
+@dataclass(frozen=True)
 class ModelRef:
-    """What every handle shares: where the weights are, and how to place them."""
+    """What every handle shares: where the weights are, and how to place them.
+
+    patches: LoRAs to activate on the component (UNet or text encoders) each time it is fetched; the loaded
+    base model is shared by refs that differ only in patches (ModelManager keys leave them out).
+    """
 
     source: ModelSource
     dtype: str  # resolved: float32 | float16 | bfloat16
     device: str  # resolved: cpu | cuda | cuda:N | mps
     options: MemoryOptions = MemoryOptions()
+    patches: tuple[LoraPatch, ...] = ()
     compile: str = "none"  # none | unet | all (nodes/compile.py)
 
     @property
@@ -87,6 +101,9 @@ class UNetHandle:
 class ClipHandle:
     __socket__ = "CLIP"
     ref: ModelRef
+    # Which hidden layer EncodePrompt reads when its clip_skip is unset (ComfyUI's CLIPSetLastLayer, by
+    # hidden-state index): SDXL reads the penultimate one.
+    last_layer: int = -2
 
 
 @dataclass(frozen=True)
@@ -110,6 +127,8 @@ class ModelManager:
         self.budget_bytes = budget_bytes
         self._loaded: OrderedDict[tuple[Any, ...], tuple[Any, int, Any]] = OrderedDict()
         self.unloaded: list[str] = []
+        # LoRA adapters injected into a loaded component: {key: {adapter name: has weights for it}}
+        self.adapters: dict[tuple[Any, ...], dict[str, bool]] = {}
 
     def __len__(self) -> int:
         return len(self._loaded)
@@ -135,6 +154,10 @@ class ModelManager:
             if ctx is not None:
                 ctx.record_loaded(component)
         self._loaded.move_to_end(key)
+        if ref.patches or key in self.adapters:  # set (or switch off) this ref's LoRAs on the shared model
+            from nodes.lora import activate_patches
+
+            activate_patches(entry[0], component, ref, self.adapters.setdefault(key, {}))
         if ref.options.offload == "model":  # one component on the GPU at a time
             for other, (_, _, hook) in self._loaded.items():
                 if other != key and hook is not None:
@@ -147,6 +170,7 @@ class ModelManager:
         while self._loaded and self.bytes + size > self.budget_bytes:
             victim = next(k for k in self._loaded if k != keep)
             del self._loaded[victim]
+            self.adapters.pop(victim, None)
             self.unloaded.append(victim[1])
             logger.info("model budget: unloaded %s to make room", victim[1])
             import torch
@@ -156,6 +180,7 @@ class ModelManager:
 
 
 def manager(ctx: RunContext) -> ModelManager:
+    """The engine's model manager, with the budget of the engine's settings."""
     return ctx.resource(ModelManager, lambda: ModelManager(ctx.settings.model_budget_bytes))
 
 
@@ -249,6 +274,11 @@ def load_component(ref: ModelRef, component: str) -> Any:
                                                                 variant=variant, use_safetensors=True, **extra)
         elif component in ("vae_encoder", "vae_decoder"):
             return _load_vae_half(ref, "encoder" if component == "vae_encoder" else "decoder")
+        elif component == "controlnet":  # nodes.controlnet (LoadControlNet)
+            from diffusers import ControlNetModel
+
+            model = ControlNetModel.from_pretrained(path, subfolder="controlnet", torch_dtype=ref.torch_dtype,
+                                                    variant=variant, use_safetensors=True)
         else:
             raise ValueError(f"unknown model component {component!r}")
     except (OSError, SafetensorError) as exc:
@@ -312,8 +342,7 @@ class Checkpoint(NamedTuple):
 
 # Handles are cheap and name local state (paths): LoadCheckpoint runs every time, keyed by content.
 @node(category="loaders", version=2, cache=CachePolicy.reads(_source_fingerprint, "source", "config", memory=False),
-      check=_check, comfy=rename_mapping("CheckpointLoaderSimple", "LoadCheckpoint", {"ckpt_name": "source"},
-                           ("unet", "clip", "vae")))
+      check=_check)
 def LoadCheckpoint(
     source: Annotated[str, MODEL_SOURCE, Field(description="a diffusers folder, a .safetensors file, a hub id "
                                                            "or builtin:tiny-sdxl-inpaint")],
@@ -354,22 +383,36 @@ def LoadCheckpoint(
     unet_cfg = _read_json(folder / "unet" / "config.json")
     vae_cfg = _read_json(folder / "vae" / "config.json")
     sched_cfg = _read_json(folder / "scheduler" / "scheduler_config.json")
-    in_channels = int(unet_cfg.get("in_channels", 4))
-    if in_channels not in (4, 9):
-        raise SourceError(f"{folder}: UNet has {in_channels} input channels; SDXL inpainting needs 4 (base model, "
-                          "blended) or 9 (inpainting model)")
     dev = resolve_device(device)
     model_dtype, vae_dtype = resolve_dtypes(dtype, dev)
     if vae_dtype == "float16" and vae_cfg.get("force_upcast", True):
         vae_dtype = "float32"  # SDXL's VAE overflows in float16; diffusers upcasts it for the same reason
-    vae_scale = 2 ** (len(vae_cfg.get("block_out_channels", [0, 0, 0, 0])) - 1)
     options = MemoryOptions(offload, attention, vae_tiling, vae_slicing, quantize)
-    unet = UNetHandle(
-        ModelRef(src, model_dtype, dev, options, compile), in_channels, vae_scale,
+    unet = unet_handle(ModelRef(src, model_dtype, dev, options, compile=compile), unet_cfg, vae_cfg, index, sched_cfg)
+    clip = ClipHandle(ModelRef(src, model_dtype, dev, options))
+    vae = vae_handle(ModelRef(src, vae_dtype, dev, options, compile=compile), vae_cfg)
+    return Checkpoint(unet, clip, vae)
+
+
+def _vae_scale(vae_cfg: dict[str, Any]) -> int:
+    return int(2 ** (len(vae_cfg.get("block_out_channels", [0, 0, 0, 0])) - 1))
+
+
+def unet_handle(ref: ModelRef, unet_cfg: dict[str, Any], vae_cfg: dict[str, Any] | None, index: dict[str, Any],
+                sched_cfg: dict[str, Any]) -> UNetHandle:
+    """The UNet handle from the configs (LoadCheckpoint, LoadUNet); no VAE config: SDXL's 8x."""
+    in_channels = int(unet_cfg.get("in_channels", 4))
+    if in_channels not in (4, 9):
+        raise SourceError(f"{ref.source.path}: UNet has {in_channels} input channels; SDXL inpainting needs 4 "
+                          "(base model, blended) or 9 (inpainting model)")
+    return UNetHandle(
+        ref, in_channels, _vae_scale(vae_cfg) if vae_cfg is not None else 8,
         bool(index.get("force_zeros_for_empty_prompt", True)), bool(index.get("requires_aesthetics_score", False)),
         unet_cfg.get("time_cond_proj_dim"), int(unet_cfg.get("addition_time_embed_dim") or 256),
         json.dumps(sched_cfg, sort_keys=True))
-    clip = ClipHandle(ModelRef(src, model_dtype, dev, options))
-    vae = VaeHandle(ModelRef(src, vae_dtype, dev, options, compile), float(vae_cfg.get("scaling_factor", 0.13025)), vae_scale,
-                    bool(vae_cfg.get("force_upcast", True)))
-    return Checkpoint(unet, clip, vae)
+
+
+def vae_handle(ref: ModelRef, vae_cfg: dict[str, Any]) -> VaeHandle:
+    """The VAE handle from its config (LoadCheckpoint, LoadVAE)."""
+    return VaeHandle(ref, float(vae_cfg.get("scaling_factor", 0.13025)), _vae_scale(vae_cfg),
+                     bool(vae_cfg.get("force_upcast", True)))

@@ -1,27 +1,52 @@
 """Sample: the denoising loop of SDXL (inpainting with 9- or 4-channel UNets, img2img, text-to-image).
 
-Mirrors diffusers' StableDiffusionXLInpaintPipeline step for step (timesteps cut by strength or
-denoising_start/end, CFG batched as [negative, positive], guidance rescale, text-time ids, per-step
-blending for 4-channel UNets), with noise drawn on the CPU by one generator per sample seeded
+Shaped like k-diffusion's samplers: prepare the conditioning rows, make the initial latents and noise,
+build a *guided denoiser* (a closure from latents and a timestep to the guided noise prediction: CFG,
+per-encoder guidance, guidance rescale, the 9-channel concat; ControlNet residuals plug in here later),
+and run a short loop over the schedule with the 4-channel inpainting blend as a step callback.
+
+With a named schedule it mirrors diffusers' StableDiffusionXLInpaintPipeline step for step (timesteps cut
+by strength or denoising_start/end, CFG batched as [negative, positive], guidance rescale, text-time ids,
+per-step blending for 4-channel UNets). Noise is drawn on the CPU by one generator per sample seeded
 ``seed + i``, so sample i of a batch equals a single run with that seed.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Annotated, Any
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
-import torch
-from diffusers.utils.torch_utils import randn_tensor
 from pydantic import Field
 
-from nodegraph import ComfyMapping, RunContext, node
+from nodegraph import ComfyMapping, RunContext, node, rename_mapping
+from nodegraph.node import PERSIST
 from nodes.models import UNetHandle, manager
 from nodes.payloads import Conditioning, Latent
-from nodes.schedulers import SamplerName, ScheduleName, combination_problem, make_scheduler
+from nodes.preview import latent_preview
+from nodes.schedulers import (
+    COMPUTED_SCHEDULES,
+    BetaSchedule,
+    SamplerName,
+    ScheduleName,
+    combination_problem,
+    make_scheduler,
+    sampler_info,
+)
+from nodes.schedules import Sigmas, computed_schedule, sigmas_to_timesteps
 
+if TYPE_CHECKING:
+    import torch
+
+NODE_DEPENDS = ("torch", "diffusers")
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+Scale = Annotated[float, Field(ge=0.0, le=100.0)]
 SEED_MAX = 2**64 - 1
+Denoiser = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 def cut_timesteps(scheduler: Any, steps: int, strength: float, denoising_start: float | None) -> torch.Tensor:
@@ -53,6 +78,8 @@ def rescale_guidance(cfg: torch.Tensor, text: torch.Tensor, amount: float) -> to
 
 def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of (guidance_scale - 1) for guidance-distilled UNets (LCM)."""
+    import torch
+
     w = w * 1000.0
     half = dim // 2
     freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
@@ -78,42 +105,278 @@ def _match_length(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
     return fix(a), fix(b)
 
 
-def _check(sampler: str, scheduler: str, denoising_start: float | None = None,
-           denoising_end: float | None = None, **_: Any) -> list[tuple[str | None, str]]:
+def clip_l_width(unet: UNetHandle) -> int:
+    """How many leading features of a Conditioning's embeds come from CLIP ViT-L (the rest are bigG's)."""
+    config = Path(str(unet.ref.source.path)) / "text_encoder" / "config.json"
+    try:
+        return int(json.loads(config.read_text())["hidden_size"])
+    except (OSError, KeyError, ValueError):
+        return 768  # SDXL's CLIP ViT-L
+
+
+@dataclass(frozen=True)
+class GuidanceRows:
+    """The conditioning rows the UNet sees per step (each ``batch`` long, stacked) and how to mix them.
+
+    rows = 1: the prediction as is; 2: [uncond, cond] with CFG scale ``scales[0]``; 3: [uncond, mixed, cond]
+    with per-encoder scales (g, l): uncond + g (mixed - uncond) + l (cond - mixed).
+    """
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor
+    time_ids: torch.Tensor
+    rows: int
+    scales: tuple[float, ...]
+    regions: Regions | None = None  # several entries (areas, masks, time ranges): see regional_rows
+
+
+@dataclass(frozen=True)
+class Regions:
+    """Per-entry weights for conditioning with several entries, regions or time ranges (ComfyUI's way).
+
+    Rows hold ``negatives`` unconditional entries, then the conditional ones, each ``batch`` long; entry i
+    weighs its prediction by ``weights[i]`` ([batch, 1, h, w]) while ``low[i] <= t <= high[i]``, and each
+    side's prediction is the weighted average of its active entries.
+    """
+
+    negatives: int
+    weights: tuple[torch.Tensor, ...]
+    high: tuple[float, ...]
+    low: tuple[float, ...]
+
+    def combine(self, pred: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+        """[uncond, cond] (or [cond] without negatives) from the stacked per-entry predictions."""
+        import torch
+
+        chunks = pred.chunk(len(self.weights))
+        sides = [range(self.negatives), range(self.negatives, len(self.weights))] if self.negatives else [
+            range(len(self.weights))]
+        out = []
+        for side in sides:
+            total = torch.zeros_like(chunks[0])
+            count = torch.full_like(chunks[0][:, :1], 1e-37)  # no active entry: a zero prediction, not NaN
+            for i in side:
+                if self.low[i] <= float(t) <= self.high[i]:
+                    total = total + chunks[i] * self.weights[i]
+                    count = count + self.weights[i]
+            out.append(total / count)
+        return out
+
+
+def prepare_conditioning(unet: UNetHandle, positive: Conditioning, negative: Conditioning | None, batch: int,
+                         scale_g: float, scale_l: float, ids: tuple[float, ...], neg_ids: tuple[float, ...],
+                         device: torch.device, dtype: torch.dtype, latent_size: tuple[int, int]) -> GuidanceRows:
+    """Stack the rows the guided denoiser evaluates; equal scales take diffusers' 2-row CFG exactly."""
+    import torch
+
+    if not positive.plain or (negative is not None and not negative.plain):
+        return regional_rows(unet, positive, negative, batch, scale_g, scale_l, ids, neg_ids, device, dtype,
+                             latent_size)
+    embeds = _to_batch(positive.embeds, batch, "positive").to(device, dtype)
+    pooled = _to_batch(positive.pooled, batch, "positive pooled").to(device, dtype)
+    time_ids = torch.tensor([ids], dtype=dtype, device=device).repeat(batch, 1)
+    per_encoder = scale_g != scale_l
+    if unet.time_cond_proj_dim is not None or (not per_encoder and scale_g <= 1.0):
+        return GuidanceRows(embeds, pooled, time_ids, 1, ())
+    if negative is None:
+        if not unet.force_zeros_for_empty_prompt:
+            raise ValueError("this model does not use zero embeddings for an empty negative prompt: connect "
+                             "an EncodePrompt (of \"\" for no negative prompt) to 'negative'")
+        neg_embeds, neg_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+    else:
+        neg_embeds = _to_batch(negative.embeds, batch, "negative").to(device, dtype)
+        neg_pooled = _to_batch(negative.pooled, batch, "negative pooled").to(device, dtype)
+        neg_embeds, embeds = _match_length(neg_embeds, embeds)
+    neg_time_ids = torch.tensor([neg_ids], dtype=dtype, device=device).repeat(batch, 1)
+    if not per_encoder:
+        return GuidanceRows(torch.cat([neg_embeds, embeds]), torch.cat([neg_pooled, pooled]),
+                            torch.cat([neg_time_ids, time_ids]), 2, (scale_g,))
+    # The mixed row: the prompt through bigG (its tokens and the pooled embedding), CLIP-L unconditional.
+    width = clip_l_width(unet)
+    if not 0 < width < embeds.shape[-1]:
+        raise ValueError(f"per-encoder guidance: conditioning has {embeds.shape[-1]} features, CLIP-L {width}")
+    mixed = torch.cat([neg_embeds[..., :width], embeds[..., width:]], dim=-1)
+    return GuidanceRows(torch.cat([neg_embeds, mixed, embeds]), torch.cat([neg_pooled, pooled, pooled]),
+                        torch.cat([neg_time_ids, time_ids, time_ids]), 3, (scale_g, scale_l))
+
+
+def _entry_weight(entry: Conditioning, unet: UNetHandle, batch: int, size: tuple[int, int],
+                  device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """strength x (area box or resized mask) over the latent, [batch, 1, h, w]."""
+    import torch
+
+    h, w = size
+    weight = torch.full((1, 1, h, w), float(entry.strength), device=device, dtype=dtype)
+    if entry.area is not None:
+        x, y, aw, ah = entry.area
+        if entry.area_in_pixels:
+            f = unet.vae_scale_factor
+            box = (int(x) // f, int(y) // f, int(aw) // f, int(ah) // f)
+        else:
+            box = (round(x * w), round(y * h), round(aw * w), round(ah * h))
+        region = torch.zeros_like(weight)
+        region[..., box[1]:box[1] + box[3], box[0]:box[0] + box[2]] = 1
+        weight = weight * region
+    if entry.mask is not None:
+        mask = entry.mask.to(device, torch.float32).reshape(1, 1, *entry.mask.shape[-2:])
+        weight = weight * torch.nn.functional.interpolate(mask, size=(h, w), mode="bilinear").to(dtype)
+    return weight.repeat(batch, 1, 1, 1)
+
+
+def regional_rows(unet: UNetHandle, positive: Conditioning, negative: Conditioning | None, batch: int,
+                  scale_g: float, scale_l: float, ids: tuple[float, ...], neg_ids: tuple[float, ...],
+                  device: torch.device, dtype: torch.dtype, latent_size: tuple[int, int]) -> GuidanceRows:
+    """Every entry of both sides as rows of one UNet call (tokens repeated to a common length)."""
+    import torch
+
+    if scale_g != scale_l:
+        raise ValueError("per-encoder guidance (guidance_scale_g != guidance_scale_l) does not combine with "
+                         "conditioning of several entries, areas, masks or time ranges yet")
+    cfg = scale_g > 1.0 and unet.time_cond_proj_dim is None
+    sides: list[tuple[list[Conditioning], tuple[float, ...]]] = []
+    if cfg:
+        if negative is None:
+            if not unet.force_zeros_for_empty_prompt:
+                raise ValueError("this model does not use zero embeddings for an empty negative prompt: connect "
+                                 "an EncodePrompt (of \"\" for no negative prompt) to 'negative'")
+            first = positive.entries()[0]
+            negative = Conditioning(torch.zeros_like(first.embeds), torch.zeros_like(first.pooled))
+        sides.append((negative.entries(), neg_ids))
+    sides.append((positive.entries(), ids))
+    length = max(e.embeds.shape[1] for entries, _ in sides for e in entries)
+    total = json.loads(unet.scheduler_config).get("num_train_timesteps", 1000)
+    embeds, pooled, time_ids, weights, high, low = [], [], [], [], [], []
+    for entries, entry_ids in sides:
+        for e in entries:
+            emb = _to_batch(e.embeds, batch, "conditioning").to(device, dtype)
+            embeds.append(emb.repeat(1, -(-length // emb.shape[1]), 1)[:, :length])
+            pooled.append(_to_batch(e.pooled, batch, "conditioning pooled").to(device, dtype))
+            time_ids.append(torch.tensor([entry_ids], dtype=dtype, device=device).repeat(batch, 1))
+            weights.append(_entry_weight(e, unet, batch, latent_size, device, dtype))
+            high.append((1 - e.start) * total)
+            low.append((1 - e.end) * total)
+    regions = Regions(len(sides[0][0]) if cfg else 0, tuple(weights), tuple(high), tuple(low))
+    return GuidanceRows(torch.cat(embeds), torch.cat(pooled), torch.cat(time_ids), len(weights),
+                        (scale_g,) if cfg else (), regions)
+
+
+def control_sides(cond: GuidanceRows, positive: Conditioning, negative: Conditioning | None,
+                  batch: int) -> list[tuple[tuple[Any, ...], int]]:
+    """The ControlNet hints of each block of ``batch`` rows the denoiser evaluates (negative rows, then the
+    mixed and positive ones); an unconnected negative takes the positive's, as diffusers does."""
+    neg = positive.control if negative is None else negative.control
+    if cond.regions is not None:
+        n = len(cond.regions.weights)
+        return [(neg, batch)] * cond.regions.negatives + [(positive.control, batch)] * (n - cond.regions.negatives)
+    return [(neg, batch)] * (cond.rows > 1) + [(positive.control, batch)] * max(cond.rows - 1, 1)
+
+
+def guided_denoiser(model: Any, scheduler: Any, cond: GuidanceRows, *, concat: torch.Tensor | None = None,
+                    timestep_cond: torch.Tensor | None = None, rescale: float = 0.0) -> Denoiser:
+    """A closure (latents, t) -> the guided noise prediction, all rows in one UNet call.
+
+    concat: what a 9-channel inpainting UNet takes besides the latents (mask and masked-image latents),
+    already repeated for every row.
+    """
+    import torch
+
+    added = {"text_embeds": cond.pooled, "time_ids": cond.time_ids}
+
+    def denoise(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([latents] * cond.rows) if cond.rows > 1 else latents
+        x = scheduler.scale_model_input(x, t)
+        if concat is not None:
+            x = torch.cat([x, concat], dim=1)
+        pred = model(x, t, encoder_hidden_states=cond.embeds, timestep_cond=timestep_cond,
+                     added_cond_kwargs=added, return_dict=False)[0]
+        if cond.regions is not None:
+            sides = cond.regions.combine(pred, t)
+            if len(sides) == 1:
+                return sides[0]
+            uncond, text = sides
+            pred = uncond + cond.scales[0] * (text - uncond)
+        elif cond.rows == 1:
+            return pred
+        elif cond.rows == 2:
+            uncond, text = pred.chunk(2)
+            pred = uncond + cond.scales[0] * (text - uncond)
+        else:
+            uncond, mixed, text = pred.chunk(3)
+            pred = uncond + cond.scales[0] * (mixed - uncond) + cond.scales[1] * (text - mixed)
+        return rescale_guidance(pred, text, rescale) if rescale > 0 else pred
+
+    return denoise
+
+
+def set_schedule(sched: Any, sampler: str, scheduler: str, steps: int, strength: float,
+                 denoising_start: float | None, denoising_end: float | None, sigmas: list[float] | None,
+                 timesteps: list[float] | None, beta_schedule: BetaSchedule, device: torch.device) -> torch.Tensor:
+    """Set the scheduler's steps and return the timesteps this run visits."""
+    config = dict(sched.config)
+    if sigmas is None and timesteps is None and scheduler in COMPUTED_SCHEDULES:
+        sigmas = computed_schedule(scheduler, steps, config, beta_schedule)
+    if sigmas is None and timesteps is None:
+        sched.set_timesteps(steps, device=device)
+        visited = cut_timesteps(sched, steps, strength, denoising_start)
+        if denoising_end is not None:
+            cutoff = int(round(sched.config.num_train_timesteps * (1 - denoising_end)))
+            visited = visited[: int((visited >= cutoff).sum().item())]
+        return visited
+    info = sampler_info(sampler)
+    if sigmas is not None and info is not None and info.sigmas:
+        sched.set_timesteps(sigmas=sigmas, device=device)
+    else:  # timesteps were given, or the sampler takes only timesteps: convert in log sigma
+        if timesteps is None:
+            timesteps = sigmas_to_timesteps(list(sigmas or []), config)
+        sched.set_timesteps(timesteps=timesteps, device=device)
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(0)
+    return sched.timesteps
+
+
+def _blend_callback(sched: Any, image: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor,
+                    timesteps: torch.Tensor, final_sigma: float) -> Callable[[int, torch.Tensor], torch.Tensor]:
+    """4-channel inpainting: outside the mask, follow the original re-noised to the next step's level."""
+    import torch
+
+    def blend(i: int, latents: torch.Tensor) -> torch.Tensor:
+        if i < len(timesteps) - 1:
+            init = sched.add_noise(image, noise, torch.tensor([timesteps[i + 1]]))
+        else:  # a schedule cut before 0 (SplitSchedule's first half) ends at a noise level, not the image
+            init = image + noise * final_sigma if final_sigma > 0 else image
+        return (1 - mask) * init + mask * latents
+
+    return blend
+
+
+def _check(sampler: str | None = None, scheduler: str = "normal", denoising_start: float | None = None, denoising_end: float | None = None,
+           sigmas: list[float] | None = None, timesteps: list[float] | None = None, steps: int = 30,
+           strength: float = 0.9999, **_: Any) -> list[tuple[str | None, str]]:
     problems: list[tuple[str | None, str]] = []
-    why = combination_problem(sampler, scheduler)
+    if denoising_start is None and sigmas is None and timesteps is None and int(steps * strength) < 1:
+        # the same cut as cut_timesteps: found here rather than after the models have loaded
+        problems.append(("steps", f"strength {strength} with {steps} steps leaves no step to run "
+                                  f"(int(steps x strength) = 0): raise steps or strength"))
+    custom = sigmas is not None or timesteps is not None
+    # A sampler linked from SamplerSelect is checked when it runs (validation sees literals only).
+    why = None if sampler is None else combination_problem(sampler, scheduler, custom=custom)
     if why:
-        problems.append(("scheduler", why))
+        problems.append(("sigmas" if custom else "scheduler", why))
+    if sigmas is not None and timesteps is not None:
+        problems.append(("timesteps", "give sigmas or timesteps, not both"))
+    for name, values in (("sigmas", sigmas), ("timesteps", timesteps)):
+        if values is not None and (len(values) < (2 if name == "sigmas" else 1)
+                                   or any(a < b for a, b in zip(values, values[1:], strict=False))):
+            problems.append((name, f"{name} must be a descending list of at least {2 if name == 'sigmas' else 1} "
+                                   "value(s) (sigmas: steps + 1 values)"))
     if denoising_start is not None and denoising_end is not None and denoising_start >= denoising_end:
         problems.append(("denoising_start", f"denoising_start {denoising_start} must be below denoising_end "
                                             f"{denoising_end}"))
     return problems
 
 
-def _comfy_sample(inputs: dict[str, Any], seed: Any, **extra: Any) -> dict[str, dict[str, Any]]:
-    ours = {"unet": inputs["model"], "seed": seed, "steps": inputs.get("steps", 20),
-            "guidance_scale": inputs.get("cfg", 8.0), "sampler": inputs.get("sampler_name", "euler"),
-            "scheduler": inputs.get("scheduler", "normal"), "positive": inputs["positive"],
-            "negative": inputs.get("negative"), "latent": inputs["latent_image"], **extra}
-    return {"": {"type": "Sample", "inputs": {k: v for k, v in ours.items() if v is not None}}}
-
-
-def _comfy_ksampler(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return _comfy_sample(inputs, inputs.get("seed", 0), strength=inputs.get("denoise", 1.0))
-
-
-def _comfy_ksampler_advanced(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    # ComfyUI counts in steps; diffusers' denoising_start/end are fractions of the schedule.
-    steps = int(inputs.get("steps", 20))
-    start, end = int(inputs.get("start_at_step", 0)), int(inputs.get("end_at_step", 10000))
-    return _comfy_sample(inputs, inputs.get("noise_seed", 0), strength=1.0,
-                         denoising_start=start / steps if 0 < start < steps else None,
-                         denoising_end=end / steps if 0 < end < steps else None)
-
-
-@node(category="sampling", version=1, outputs={"latent": Latent}, persist=True, check=_check,
-      comfy=(ComfyMapping("KSampler", _comfy_ksampler, (("", "latent"),)),
-             ComfyMapping("KSamplerAdvanced", _comfy_ksampler_advanced, (("", "latent"),))))
+# ComfyUI's KSampler / KSamplerAdvanced map onto Sample in nodes/comfyui.py.
+@node(category="sampling", version=2, cache=PERSIST, check=_check)
 def Sample(
     unet: UNetHandle,
     positive: Conditioning,
@@ -123,10 +386,16 @@ def Sample(
     seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0,
     batch_size: Annotated[int, Field(ge=1, le=64)] = 1,
     steps: Annotated[int, Field(ge=1, le=1000)] = 30,
-    guidance_scale: Annotated[float, Field(ge=0.0, le=100.0)] = 7.5,
+    guidance_scale: Scale = 7.5,
+    guidance_scale_g: Scale | None = None,
+    guidance_scale_l: Scale | None = None,
     guidance_rescale: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0,
     sampler: SamplerName = "euler",
     scheduler: ScheduleName = "normal",
+    beta_schedule: BetaSchedule = "model",
+    sigmas: Sigmas | None = None,
+    timesteps: list[Annotated[float, Field(ge=0.0)]] | None = None,
+    add_noise: bool = True,
     strength: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9999,
     denoising_start: Fraction | None = None,
     denoising_end: Fraction | None = None,
@@ -143,32 +412,40 @@ def Sample(
     force_zeros_for_empty_prompt); an EncodePrompt of "" = the encoded empty string. Sample i of the batch
     uses seed + i. strength < 1 keeps that much of the input; strength 1.0 starts from pure noise.
     denoising_start/denoising_end (0..1) split a run across two Sample nodes (base + refiner).
+    guidance_scale_g / guidance_scale_l: separate scales for the bigG and CLIP-L encoders (default
+    guidance_scale); when they differ each step evaluates uncond, a bigG-only mix and the full prompt.
+    sigmas (a list, or a link from Schedule/KarrasSchedule/SplitSchedule...) or timesteps define the
+    schedule instead of steps/scheduler/strength; add_noise=false continues from the latent as it is.
+    beta_schedule replaces the training noise schedule of the model's scheduler config.
     original_size, target_size and crop_top_left are (height, width) / (top, left), as in diffusers;
     they default to the latent's pixel size.
     """
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
     model = manager(ctx).get(unet.ref, "unet", ctx)
     device, dtype = torch.device(unet.ref.device), unet.ref.torch_dtype
-    sched = make_scheduler(sampler, scheduler, unet.scheduler_config)
-    sched.set_timesteps(steps, device=device)
-    timesteps = cut_timesteps(sched, steps, strength, denoising_start)
-    if denoising_end is not None:
-        cutoff = int(round(sched.config.num_train_timesteps * (1 - denoising_end)))
-        timesteps = timesteps[: int((timesteps >= cutoff).sum().item())]
-    if len(timesteps) < 1:
+    named = "normal" if sigmas is not None or timesteps is not None else scheduler
+    sched = make_scheduler(sampler, named if named not in COMPUTED_SCHEDULES else "normal", unet.scheduler_config,
+                           beta_schedule, seed=seed)
+    visited = set_schedule(sched, sampler, scheduler, steps, strength, denoising_start, denoising_end, sigmas,
+                           timesteps, beta_schedule, device)
+    if len(visited) < 1:
         raise ValueError(f"strength {strength} with {steps} steps leaves no step to run; raise steps or strength")
 
+    # Initial latents and noise.
     batch = batch_size * latent.samples.shape[0] if latent.samples.shape[0] > 1 else batch_size
     image_latents = _to_batch(latent.samples, batch, "latent").to(device, dtype)
     h, w = image_latents.shape[-2:]
     generators = [torch.Generator("cpu").manual_seed((seed + i) % (SEED_MAX + 1)) for i in range(batch)]
     noise = randn_tensor((batch, 4, h, w), generator=generators, device=torch.device("cpu"), dtype=torch.float32)
     noise = noise.to(device, dtype)
-    if denoising_start is not None:
-        latents = image_latents  # continuing a run that stopped at denoising_end: no new noise
+    if denoising_start is not None or not add_noise:
+        latents = image_latents  # continuing a run that stopped early: no new noise
     elif latent.empty or strength == 1.0:
         latents = noise * sched.init_noise_sigma
     else:
-        latents = sched.add_noise(image_latents, noise, timesteps[:1].repeat(batch))
+        latents = sched.add_noise(image_latents, noise, visited[:1].repeat(batch))
 
     nine_channel = unet.in_channels == 9
     mask = masked = None
@@ -176,15 +453,13 @@ def Sample(
         if latent.mask is None or latent.masked is None:
             raise ValueError("this is a 9-channel inpainting UNet: its latent needs the masked image and a mask "
                              "(VAEEncode with a mask, then DownsampleMask)")
+        if latent.empty:
+            raise ValueError("a 9-channel inpainting UNet needs an image to inpaint, not an EmptyLatent")
         masked = _to_batch(latent.masked, batch, "masked latents").to(device, dtype)
     if latent.mask is not None:
         mask = _to_batch(latent.mask, batch, "mask").to(device, dtype)
-    if nine_channel and latent.empty:
-        raise ValueError("a 9-channel inpainting UNet needs an image to inpaint, not an EmptyLatent")
 
-    cfg = guidance_scale > 1.0 and unet.time_cond_proj_dim is None
-    embeds = _to_batch(positive.embeds, batch, "positive").to(device, dtype)
-    pooled = _to_batch(positive.pooled, batch, "positive pooled").to(device, dtype)
+    # Conditioning and the guided denoiser.
     height, width = h * unet.vae_scale_factor, w * unet.vae_scale_factor
     orig = tuple(original_size) if original_size else (height, width)
     target = tuple(target_size) if target_size else (height, width)
@@ -193,56 +468,140 @@ def Sample(
         ids, neg_ids = orig + crop + (aesthetic_score,), orig + crop + (negative_aesthetic_score,)
     else:
         ids = neg_ids = orig + crop + target
-    time_ids = torch.tensor([ids], dtype=dtype, device=device).repeat(batch, 1)
-    if cfg:
-        if negative is None:
-            if not unet.force_zeros_for_empty_prompt:
-                raise ValueError("this model does not use zero embeddings for an empty negative prompt: connect "
-                                 "an EncodePrompt (of \"\" for no negative prompt) to 'negative'")
-            neg_embeds, neg_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
-        else:
-            neg_embeds = _to_batch(negative.embeds, batch, "negative").to(device, dtype)
-            neg_pooled = _to_batch(negative.pooled, batch, "negative pooled").to(device, dtype)
-            neg_embeds, embeds = _match_length(neg_embeds, embeds)
-        embeds = torch.cat([neg_embeds, embeds])
-        pooled = torch.cat([neg_pooled, pooled])
-        time_ids = torch.cat([torch.tensor([neg_ids], dtype=dtype, device=device).repeat(batch, 1), time_ids])
-        if nine_channel:
-            mask_in, masked_in = torch.cat([mask, mask]), torch.cat([masked, masked])  # type: ignore[list-item]
-    elif nine_channel:
-        mask_in, masked_in = mask, masked
+    scale_g = guidance_scale if guidance_scale_g is None else guidance_scale_g
+    scale_l = guidance_scale if guidance_scale_l is None else guidance_scale_l
+    cond = prepare_conditioning(unet, positive, negative, batch, scale_g, scale_l, ids, neg_ids, device, dtype,
+                                (h, w))
+    concat = None
+    if nine_channel:
+        concat = torch.cat([mask, masked], dim=1).repeat(cond.rows, 1, 1, 1)  # type: ignore[list-item]
     timestep_cond = None
     if unet.time_cond_proj_dim is not None:
         w_embed = torch.tensor(guidance_scale - 1).repeat(batch)
         timestep_cond = guidance_embedding(w_embed, unet.time_cond_proj_dim).to(device, dtype)
+    if positive.control or (negative is not None and negative.control):  # ControlNets (nodes.controlnet)
+        from nodes.controlnet import with_control
 
+        # Step ranges count the schedule before denoising_end cuts it, as diffusers does.
+        begin = getattr(sched, "begin_index", None) or 0
+        model = with_control(model, ctx, control_sides(cond, positive, negative, batch),
+                             len(sched.timesteps) - begin, (height, width))
+    denoise = guided_denoiser(model, sched, cond, concat=concat, timestep_cond=timestep_cond,
+                              rescale=guidance_rescale)
     step_params = inspect.signature(sched.step).parameters
     step_kwargs: dict[str, Any] = {}
     if "eta" in step_params:
         step_kwargs["eta"] = eta
     if "generator" in step_params:
         step_kwargs["generator"] = generators
-    added = {"text_embeds": pooled, "time_ids": time_ids}
-    progress = ctx.progress(len(timesteps))
+    on_step = None
+    if not nine_channel and mask is not None:
+        final_sigma = float(sigmas[-1]) if sigmas is not None else 0.0
+        on_step = _blend_callback(sched, image_latents, noise, mask, visited, final_sigma)
+
+    max_size = ctx.previews.max_size if ctx.previews is not None else 512
+    progress = ctx.progress(len(visited))
     with torch.no_grad():
-        for i, t in enumerate(timesteps):
-            x = torch.cat([latents] * 2) if cfg else latents
-            x = sched.scale_model_input(x, t)
-            if nine_channel:
-                x = torch.cat([x, mask_in, masked_in], dim=1)
-            pred = model(x, t, encoder_hidden_states=embeds, timestep_cond=timestep_cond,
-                         added_cond_kwargs=added, return_dict=False)[0]
-            if cfg:
-                uncond, text = pred.chunk(2)
-                pred = uncond + guidance_scale * (text - uncond)
-                if guidance_rescale > 0:
-                    pred = rescale_guidance(pred, text, guidance_rescale)
-            latents = sched.step(pred, t, latents, **step_kwargs, return_dict=False)[0]
-            if not nine_channel and mask is not None:
-                # 4-channel inpainting: outside the mask, follow the original re-noised to the next step.
-                init = image_latents
-                if i < len(timesteps) - 1:
-                    init = sched.add_noise(image_latents, noise, torch.tensor([timesteps[i + 1]]))
-                latents = (1 - mask) * init + mask * latents
-            progress.update()
+        for i, t in enumerate(visited):
+            out = sched.step(denoise(latents, t), t, latents, **step_kwargs, return_dict=False)
+            latents = out[0]
+            if on_step is not None:
+                latents = on_step(i, latents)
+            # The scheduler's estimate of the clean latents when it gives one (Euler, DDIM...), else the latents.
+            shown = out[1] if len(out) > 1 and isinstance(out[1], torch.Tensor) else latents
+            progress.update(1, preview=partial(latent_preview, shown, max_size))
     return latent.replace(samples=latents.float().contiguous(), empty=False)
+
+
+# ---- ComfyUI's custom sampling: a sampler, noise and a guider as values, then SampleCustom ------------
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """NOISE: where the initial noise comes from (one CPU generator per sample, seeded seed + i), or none."""
+
+    __socket__ = "NOISE"
+    seed: int = 0
+    add: bool = True
+
+
+@dataclass(frozen=True)
+class GuiderSpec:
+    """GUIDER: the model and conditioning a sampler is guided by (classifier-free when negative is set)."""
+
+    __socket__ = "GUIDER"
+    unet: UNetHandle
+    positive: Conditioning
+    negative: Conditioning | None = None
+    guidance_scale: float = 1.0
+    guidance_scale_g: float | None = None
+    guidance_scale_l: float | None = None
+
+
+class SelectedSampler(NamedTuple):
+    sampler: str
+
+
+@node(category="sampling/custom", version=1,
+      comfy=rename_mapping("KSamplerSelect", "SamplerSelect", {"sampler_name": "sampler"}, ("sampler",)))
+def SamplerSelect(sampler: SamplerName = "euler") -> SelectedSampler:
+    """A sampler name as a value, for SampleCustom (and Sample's sampler input)."""
+    return SelectedSampler(sampler)
+
+
+@node(category="sampling/custom", version=1,
+      comfy=(rename_mapping("RandomNoise", "Noise", {"noise_seed": "seed"}, ("noise",)),
+             rename_mapping("DisableNoise", "Noise", {}, ("noise",), add=False)))
+def Noise(seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0, add: bool = True) -> NoiseSpec:
+    """Seeded initial noise (add=false: start from the latent as it is, e.g. the second half of a split)."""
+    return NoiseSpec(seed, add)
+
+
+def _comfy_cfg_guider(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    ours = {"unet": inputs["model"], "positive": inputs["positive"], "negative": inputs.get("negative"),
+            "guidance_scale": inputs.get("cfg", 8.0)}
+    return {"": {"type": "Guider", "inputs": {k: v for k, v in ours.items() if v is not None}}}
+
+
+@node(category="sampling/custom", version=1,
+      comfy=(ComfyMapping("CFGGuider", _comfy_cfg_guider, (("", "guider"),)),
+             rename_mapping("BasicGuider", "Guider", {"model": "unet", "conditioning": "positive"}, ("guider",),
+                            guidance_scale=1.0)))
+def Guider(unet: UNetHandle, positive: Conditioning, negative: Conditioning | None = None,
+           guidance_scale: Scale = 7.5, guidance_scale_g: Scale | None = None,
+           guidance_scale_l: Scale | None = None) -> GuiderSpec:
+    """The model, prompts and guidance scales a SampleCustom is guided by (scale 1: no guidance)."""
+    return GuiderSpec(unet, positive, negative, guidance_scale, guidance_scale_g, guidance_scale_l)
+
+
+def _comfy_sampler_custom(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    add = inputs.get("add_noise", True) not in (False, "disable")
+    ours = {"unet": inputs["model"], "positive": inputs["positive"], "negative": inputs.get("negative"),
+            "guidance_scale": inputs.get("cfg", 8.0), "seed": inputs.get("noise_seed", 0), "add_noise": add,
+            "sampler": inputs["sampler"], "sigmas": inputs["sigmas"], "latent": inputs["latent_image"]}
+    return {"": {"type": "Sample", "inputs": {k: v for k, v in ours.items() if v is not None}}}
+
+
+def _comfy_sampler_custom_advanced(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    ours = {"noise": inputs["noise"], "guider": inputs["guider"], "sampler": inputs["sampler"],
+            "sigmas": inputs["sigmas"], "latent": inputs["latent_image"]}
+    return {"": {"type": "SampleCustom", "inputs": ours}}
+
+
+# ComfyUI's second output is the model's prediction of the clean latent; with a schedule that ends at 0
+# that is the output itself, which is what we hand on for both.
+_CUSTOM_OUTPUTS = (("", "latent"), ("", "latent"))
+
+
+@node(category="sampling/custom", version=1, cache=PERSIST,
+      comfy=(ComfyMapping("SamplerCustom", _comfy_sampler_custom, _CUSTOM_OUTPUTS),
+             ComfyMapping("SamplerCustomAdvanced", _comfy_sampler_custom_advanced, _CUSTOM_OUTPUTS)))
+def SampleCustom(noise: NoiseSpec, guider: GuiderSpec, sigmas: Sigmas, latent: Latent, ctx: RunContext,
+                 sampler: SamplerName = "euler") -> Latent:
+    """Sample from parts: noise, a guider, a sampler and an explicit schedule (ComfyUI's custom sampling)."""
+    why = combination_problem(sampler, "normal", custom=True)
+    if why:
+        raise ValueError(why)
+    return Sample(unet=guider.unet, positive=guider.positive, negative=guider.negative, latent=latent, ctx=ctx,
+                  seed=noise.seed, add_noise=noise.add, sigmas=sigmas, sampler=sampler,
+                  guidance_scale=guider.guidance_scale, guidance_scale_g=guider.guidance_scale_g,
+                  guidance_scale_l=guider.guidance_scale_l)

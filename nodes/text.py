@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
 
-from nodegraph import ComfyMapping, RunContext, node, rename_mapping
+from nodegraph import RunContext, node
 from nodegraph.node import PERSIST
 from nodes.models import ClipHandle, manager
 from nodes.payloads import Conditioning, require_finite
@@ -69,12 +69,6 @@ def _encode_chunked(tokenizer: Any, encoder: Any, text: str, clip_skip: int | No
     return torch.cat(hidden_chunks, dim=1), first
 
 
-def _comfy_sdxl_encode(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    # ComfyUI puts size conditioning here; ours belongs to Sample (original_size / target_size).
-    return {"": {"type": "EncodePrompt", "inputs": {"clip": inputs["clip"], "prompt": inputs.get("text_l", ""),
-                                                   "prompt_2": inputs.get("text_g", "")}}}
-
-
 def _check(prompt: str | None = None, prompt_2: str | None = None, weighting: bool = True,
            **_: Any) -> list[tuple[str | None, str]]:
     """Prompt weights that would overflow are refused before anything runs."""
@@ -88,10 +82,7 @@ def _check(prompt: str | None = None, prompt_2: str | None = None, weighting: bo
     return problems
 
 
-@node(category="conditioning", version=1, cache=PERSIST, check=_check,
-      comfy=(rename_mapping("CLIPTextEncode", "EncodePrompt", {"text": "prompt", "clip": "clip"},
-                            ("conditioning",)),
-             ComfyMapping("CLIPTextEncodeSDXL", _comfy_sdxl_encode, (("", "conditioning"),))))
+@node(category="conditioning", version=1, cache=PERSIST, check=_check)
 def EncodePrompt(
     clip: ClipHandle,
     prompt: Annotated[str, Field(description="the text for CLIP ViT-L (and for ViT-bigG unless prompt_2 is set)")],
@@ -111,6 +102,8 @@ def EncodePrompt(
     import torch
 
     models = manager(ctx)
+    if clip_skip is None and clip.last_layer != -2:  # SetClipLastLayer: hidden_states[last_layer]
+        clip_skip = -clip.last_layer - 2
     hidden_list, pooled = [], None
     with torch.no_grad():
         for text, tok_name, enc_name in ((prompt, "tokenizer", "text_encoder"),
@@ -133,9 +126,11 @@ def EncodePrompt(
     if len(lengths) > 1:  # the two prompts chunked to different lengths: repeat the shorter's padding
         longest = max(lengths)
         hidden_list = [_pad_chunks(h, longest) for h in hidden_list]
-    embeds = torch.cat(hidden_list, dim=-1)
+    embeds = torch.cat(hidden_list, dim=-1).to(clip.ref.torch_dtype)
+    pooled = pooled.to(clip.ref.torch_dtype)
+    # after the cast: a weighted state that fits float32 can still overflow float16
     require_finite("EncodePrompt", hidden_states=embeds, pooled_embedding=pooled)
-    return Conditioning(embeds.to(clip.ref.torch_dtype), pooled.to(clip.ref.torch_dtype))
+    return Conditioning(embeds, pooled)
 
 
 def _pad_chunks(hidden: torch.Tensor, length: int) -> torch.Tensor:

@@ -184,8 +184,7 @@ def make_full_size_model(folder: str | os.PathLike[str], in_channels: int = 9, s
                          dtype: str = "float16") -> Path:
     """A random-weight model with the real SDXL architecture (about 2.6 B UNet parameters), for benchmarks.
 
-    Tokenizers use the real CLIP vocabulary when it is installed (nodes.vocab), else the tiny byte-level
-    one (its ids fit the real 49,408-entry embedding tables; memory and time do not depend on it).
+    Tokenizers use the real CLIP vocabulary (nodes.vocab).
     """
     import torch
     from accelerate import init_empty_weights
@@ -201,13 +200,10 @@ def make_full_size_model(folder: str | os.PathLike[str], in_channels: int = 9, s
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        from nodes.vocab import find_clip_bpe, write_clip_tokenizer
+        from nodes.vocab import write_clip_tokenizer
 
         for sub, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
-            if find_clip_bpe() is not None:
-                write_clip_tokenizer(work / sub, pad_token=pad)
-            else:
-                write_tiny_tokenizer(work / sub)
+            write_clip_tokenizer(work / sub, pad_token=pad)
         for sub, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
             cfg = {k: v for k, v in configs[sub].items() if k != "architectures"}
             with init_empty_weights():
@@ -232,4 +228,127 @@ def make_full_size_model(folder: str | os.PathLike[str], in_channels: int = 9, s
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    return target
+
+
+# --- Add-ons for the tiny model: a random LoRA (two file layouts) and a random SDXL ControlNet ---------------
+
+LORA_LAYOUTS = ("peft", "kohya")
+_UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+_TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def _sgm_name(module: str, layers_per_block: int) -> str:
+    """diffusers UNet module path -> the original (sgm) path kohya's SDXL LoRAs are named by."""
+    parts = module.split(".")
+    if parts[0] == "down_blocks" and parts[2] == "attentions":
+        head = ["input_blocks", str(1 + int(parts[1]) * (layers_per_block + 1) + int(parts[3])), "1"]
+    elif parts[0] == "up_blocks" and parts[2] == "attentions":
+        head = ["output_blocks", str(int(parts[1]) * (layers_per_block + 1) + int(parts[3])), "1"]
+    elif parts[0] == "mid_block" and parts[1] == "attentions":
+        head = ["middle_block", "1"]
+    else:
+        raise ValueError(f"no sgm name for {module}")
+    tail = parts[4:] if parts[0] != "mid_block" else parts[3:]
+    return "_".join(head + tail)
+
+
+def _lora_modules(in_channels: int) -> dict[str, list[tuple[str, int, int]]]:
+    """{component: [(module path, in_features, out_features)]} of the linear layers a tiny LoRA patches."""
+    import torch
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    configs = tiny_configs(in_channels)
+    with init_empty_weights():
+        models: dict[str, Any] = {"unet": UNet2DConditionModel(**configs["unet"])}
+        for sub, cls in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+            models[sub] = cls(CLIPTextConfig(**configs[sub], vocab_size=600))
+    found: dict[str, list[tuple[str, int, int]]] = {}
+    for sub, model in models.items():
+        targets = _UNET_LORA_TARGETS if sub == "unet" else _TEXT_LORA_TARGETS
+        found[sub] = [(name, m.in_features, m.out_features) for name, m in model.named_modules()
+                      if isinstance(m, torch.nn.Linear) and name.endswith(targets)]
+    return found
+
+
+def make_tiny_lora(path: str | os.PathLike[str], layout: str = "peft", seed: int = 1, rank: int = 4,
+                   components: tuple[str, ...] = ("unet", "text_encoder", "text_encoder_2"),
+                   in_channels: int = 9, alpha: float | None = None) -> Path:
+    """Write a random LoRA for the tiny model to ``path`` (one .safetensors file).
+
+    layout ``peft``: diffusers' own names (``unet.<module>.lora_A.weight``), as ``save_lora_weights`` writes.
+    layout ``kohya``: ``lora_unet_input_blocks_..`` / ``lora_te1_..`` names with ``lora_down``/``lora_up`` and
+    an ``alpha`` per module, the layout most published SDXL LoRAs use. Both down and up matrices are random
+    (a trained LoRA's up matrix is not zero), so the LoRA visibly changes every patched layer.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    if layout not in LORA_LAYOUTS:
+        raise ValueError(f"layout must be one of {LORA_LAYOUTS}, not {layout!r}")
+    unknown = set(components) - {"unet", "text_encoder", "text_encoder_2"}
+    if unknown:
+        raise ValueError(f"unknown LoRA components {sorted(unknown)}")
+    generator = torch.Generator().manual_seed(seed)
+    layers_per_block = int(tiny_configs(in_channels)["unet"]["layers_per_block"])
+    tensors: dict[str, torch.Tensor] = {}
+    for sub, modules in _lora_modules(in_channels).items():
+        if sub not in components:
+            continue
+        for name, fan_in, fan_out in modules:
+            down = torch.randn(rank, fan_in, generator=generator) * (fan_in ** -0.5)
+            up = torch.randn(fan_out, rank, generator=generator) * (0.5 / rank ** 0.5)
+            if layout == "peft":
+                tensors[f"{sub}.{name}.lora_A.weight"] = down
+                tensors[f"{sub}.{name}.lora_B.weight"] = up
+            else:
+                if sub == "unet":
+                    stem = "lora_unet_" + _sgm_name(name, layers_per_block).replace(".", "_")
+                else:
+                    stem = ("lora_te1_" if sub == "text_encoder" else "lora_te2_") + name.replace(".", "_")
+                tensors[f"{stem}.lora_down.weight"] = down
+                tensors[f"{stem}.lora_up.weight"] = up
+                tensors[f"{stem}.alpha"] = torch.tensor(float(alpha if alpha is not None else rank / 2))
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One metadata entry: safetensors writes a map's entries in no fixed order, and the file must be
+    # byte-identical from the same seed.
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(target), metadata={"format": "pt"})
+    return target
+
+
+def make_tiny_controlnet(folder: str | os.PathLike[str], seed: int = 2, in_channels: int = 9) -> Path:
+    """Write a random SDXL ControlNet matching the tiny UNet (diffusers format) to ``folder``.
+
+    ControlNetModel zero-initialises its output convolutions (so an untrained ControlNet adds nothing);
+    here they are random too, so the residuals it feeds the UNet are not zero and tests can see them.
+    """
+    import torch
+    from diffusers import ControlNetModel
+
+    unet_cfg = tiny_configs(in_channels)["unet"]
+    keep = ("down_block_types", "block_out_channels", "layers_per_block", "attention_head_dim",
+            "use_linear_projection", "addition_embed_type", "addition_time_embed_dim",
+            "transformer_layers_per_block", "projection_class_embeddings_input_dim", "cross_attention_dim",
+            "norm_num_groups")
+    config = {k: unet_cfg[k] for k in keep}
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model: Any = ControlNetModel(in_channels=4, conditioning_embedding_out_channels=(8, 8, 16, 16), **config)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            zeroed = [model.controlnet_cond_embedding.conv_out, *model.controlnet_down_blocks,
+                      model.controlnet_mid_block]
+            for conv in zeroed:
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.05)
+                conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.01)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    target = Path(folder)
+    model.save_pretrained(target, safe_serialization=True)
+    (target / "README.md").write_text(f"# Tiny random-weight SDXL ControlNet\n\nRANDOM WEIGHTS (seed {seed}), "
+                                      "built by `nodegraph make-tiny-model` for tests and demos.\n")
     return target

@@ -1,19 +1,17 @@
-"""The real CLIP BPE vocabulary (49,408 tokens), built from the file the open-clip-torch wheel ships.
+"""The real CLIP BPE vocabulary (49,408 tokens), built from the merge rules this package ships.
 
-Real SDXL checkpoints need it for their tokenizers. It is looked up, never downloaded: set
-``NODEGRAPH_CLIP_BPE`` to a ``bpe_simple_vocab_16e6.txt.gz``, or ``pip install --no-deps open-clip-torch``
-(the file is read in place; open_clip itself is never imported, so its torchvision dependency is not needed).
+Real SDXL checkpoints need it for their tokenizers. ``data/clip_bpe_merges.txt.gz`` (208 KB, MIT, see
+``data/CLIP-LICENSE.txt``) holds the 48,894 merges CLIP uses -- the first lines of OpenAI's
+``bpe_simple_vocab_16e6.txt`` -- so nothing is downloaded and no other package is needed for it.
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
-import os
 from pathlib import Path
 
-BPE_NAME = "bpe_simple_vocab_16e6.txt.gz"
+MERGES_FILE = Path(__file__).with_name("data") / "clip_bpe_merges.txt.gz"
 VOCAB_SIZE = 49408
 _MERGES = VOCAB_SIZE - 256 * 2 - 2  # the byte alphabet twice (plain and end-of-word), plus 2 specials
 
@@ -31,28 +29,18 @@ def byte_alphabet() -> list[str]:
     return chars
 
 
-def find_clip_bpe() -> Path | None:
-    explicit = os.environ.get("NODEGRAPH_CLIP_BPE")
-    if explicit:
-        return Path(explicit) if Path(explicit).is_file() else None
-    for package in ("open_clip", "clip"):
-        spec = importlib.util.find_spec(package)  # locates the package without importing it
-        for location in (spec.submodule_search_locations or []) if spec else []:
-            candidate = Path(location) / BPE_NAME
-            if candidate.is_file():
-                return candidate
-    return None
+def clip_merges() -> list[tuple[str, str]]:
+    """CLIP's merge rules, in priority order."""
+    with gzip.open(MERGES_FILE, "rt", encoding="utf-8") as f:
+        merges = [tuple(line.split()) for line in f.read().splitlines()]
+    if len(merges) != _MERGES or any(len(m) != 2 for m in merges):
+        raise ValueError(f"{MERGES_FILE}: expected {_MERGES} merge rules of two symbols; the file is damaged")
+    return merges  # type: ignore[return-value]
 
 
 def write_clip_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> None:
     """vocab.json + merges.txt + tokenizer_config.json for the real CLIP tokenizer."""
-    bpe = find_clip_bpe()
-    if bpe is None:
-        raise FileNotFoundError(
-            f"the CLIP BPE vocabulary ({BPE_NAME}) is needed for a full-size SDXL tokenizer; install it with "
-            "`pip install --no-deps open-clip-torch` or set NODEGRAPH_CLIP_BPE to the file")
-    lines = gzip.open(bpe, "rt", encoding="utf-8").read().split("\n")
-    merges = [tuple(line.split()) for line in lines[1:1 + _MERGES]]
+    merges = clip_merges()
     alphabet = byte_alphabet()
     tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]

@@ -241,3 +241,18 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys, calls):
     assert main(["run", str(wf), "--dry-run", "--json", "--no-cache", "--output-dir", str(tmp_path / "o")]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["nodes"]["c"]["action"] == "execute" and not (tmp_path / "o").exists()
+
+
+def test_set_paths_are_relative_to_the_current_directory_and_file_paths_to_the_workflow(tmp_path):
+    """A path in the file resolves against the file's folder; one typed with --set, against the cwd."""
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "in.txt").write_text("beside the workflow")
+    (tmp_path / "here.txt").write_text("typed on the command line")
+    wf = write(tmp_path / "flows" / "wf.json", {"version": 1, "nodes": {
+        "r": {"type": "ReadText", "inputs": {"path": "in.txt"}},
+        "w": {"type": "SaveTextAs", "inputs": {"text": ["r", "text"], "prefix": "out"}}}})
+    assert run_cli("run", str(wf), "--quiet", "--output-dir", "o1", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "o1" / "out.txt").read_text() == "beside the workflow"
+    proc = run_cli("run", str(wf), "--quiet", "--output-dir", "o2", "--set", "r.path=here.txt", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "o2" / "out.txt").read_text() == "typed on the command line"

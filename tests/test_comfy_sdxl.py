@@ -72,4 +72,4 @@ def test_unmapped_class_type_is_a_validation_error_naming_it():
 
         validate(graph_from_data(data))
     (issue,) = info.value.issues
-    assert issue.node == "31" and issue.input == "sampler" and "euler_cfg_pp" in issue.message
+    assert issue.node == "31" and issue.input == "sampler_name" and "euler_cfg_pp" in issue.message

@@ -195,9 +195,10 @@ def test_depends_and_the_salt_come_from_installed_metadata_without_importing():
     major_minor = ".".join(metadata.version("pytest").split(".")[:2])
     assert spec.depends == ("pytest", "no-such-distribution-xyz")
     assert spec.salt == f"tests=0;no-such-distribution-xyz=none;pytest={major_minor}"
+    assert spec.__dict__["salt"] == spec.salt  # memoised on the spec
     before = environment_salt.cache_info().hits
-    assert spec.salt == spec.salt
-    assert environment_salt.cache_info().hits > before  # memoised
+    assert declare(Plain, depends=("no-such-distribution-xyz", "pytest")).salt == spec.salt  # order-free
+    assert environment_salt.cache_info().hits > before  # and per (package, libraries) in the process
 
 
 def test_sdxl_nodes_declare_their_libraries_once_per_module():

@@ -14,7 +14,8 @@ from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl
 from PIL import Image
 
 from nodegraph import Engine
-from nodes.schedulers import make_scheduler
+from nodes.schedulers import BUILTIN_SAMPLERS, COMPUTED_SCHEDULES, FLAG_SCHEDULES, combination_problem, make_scheduler
+from nodes.schedules import computed_schedule, sigmas_to_timesteps
 from tests.sdxl_graphs import DEMO_IMAGE, DEMO_MASK, inpaint_graph
 
 pytestmark = pytest.mark.slow  # end-to-end runs of the tiny model
@@ -45,9 +46,10 @@ def pipeline(tiny_models, channels: int) -> tuple[StableDiffusionXLInpaintPipeli
 def reference(tiny_models, channels: int, *, prompt="a red apple", prompt_2=None, negative=None, seed=0,
               batch_size=1, steps=6, guidance_scale=7.5, guidance_rescale=0.0, sampler="euler",
               scheduler="normal", strength=0.9999, denoising_start=None, denoising_end=None,
-              image=None, output_type="np", masked_image_latents=None):
+              image=None, output_type="np", masked_image_latents=None, sigmas=None, timesteps=None,
+              beta_schedule="model"):
     pipe, scheduler_config = pipeline(tiny_models, channels)
-    pipe.scheduler = make_scheduler(sampler, scheduler, scheduler_config)
+    pipe.scheduler = make_scheduler(sampler, scheduler, scheduler_config, beta_schedule, seed=seed)
     init = Image.open(DEMO_IMAGE).convert("RGB")
     mask = Image.open(DEMO_MASK).convert("L")
     return pipe(prompt=prompt, prompt_2=prompt_2, negative_prompt=negative, image=init if image is None else image,
@@ -55,7 +57,8 @@ def reference(tiny_models, channels: int, *, prompt="a red apple", prompt_2=None
                 guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, strength=strength,
                 denoising_start=denoising_start, denoising_end=denoising_end, num_images_per_prompt=batch_size,
                 generator=[torch.Generator().manual_seed(seed + i) for i in range(batch_size)],
-                masked_image_latents=masked_image_latents, output_type=output_type).images
+                masked_image_latents=masked_image_latents, output_type=output_type, sigmas=sigmas,
+                timesteps=timesteps).images
 
 
 def graph_images(tiny_models, channels: int, tmp_path, engine: Engine | None = None, **kwargs) -> torch.Tensor:
@@ -89,6 +92,58 @@ CASES = [
 def test_graph_matches_pipeline(tiny_models, tmp_path, posterior_mode, channels, options):
     expected = reference(tiny_models, channels, **options)
     got = graph_images(tiny_models, channels, tmp_path, **options)
+    assert got.shape == expected.shape
+    assert float(np.abs(got.numpy() - expected).max()) <= TOL
+
+
+FLAG_CASES = [
+    pytest.param(sampler, schedule, id=f"9ch-{sampler}-{schedule}")
+    for schedule in FLAG_SCHEDULES for sampler in BUILTIN_SAMPLERS
+    if combination_problem(sampler, schedule) is None and (sampler, schedule) != ("euler", "normal")
+]
+
+
+@pytest.mark.parametrize("sampler, schedule", FLAG_CASES)
+def test_every_sampler_with_every_named_schedule_it_takes_matches_pipeline(tiny_models, tmp_path, posterior_mode,
+                                                                           sampler, schedule):
+    options = {"sampler": sampler, "scheduler": schedule, "steps": 4, "negative": "blurry"}
+    expected = reference(tiny_models, 9, **options)
+    got = graph_images(tiny_models, 9, tmp_path, **options)
+    assert float(np.abs(got.numpy() - expected).max()) <= TOL
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "squaredcos_cap_v2"])
+def test_beta_schedule_matches_pipeline_with_that_training_schedule(tiny_models, tmp_path, posterior_mode,
+                                                                    beta_schedule):
+    options = {"beta_schedule": beta_schedule, "sampler": "dpmpp_2m", "steps": 5}
+    expected = reference(tiny_models, 4, **options)
+    got = graph_images(tiny_models, 4, tmp_path, **options)
+    default = graph_images(tiny_models, 4, tmp_path, sampler="dpmpp_2m", steps=5)
+    assert float(np.abs(got.numpy() - expected).max()) <= TOL
+    assert float((got - default).abs().max()) > 1e-3  # it does change the result
+
+
+SCHEDULE_CASES = [
+    pytest.param(channels, sampler, schedule, id=f"{channels}ch-{sampler}-{schedule}")
+    for schedule in COMPUTED_SCHEDULES for sampler, channels in (("euler", 9), ("euler", 4), ("heun", 9),
+                                                                  ("dpmpp_2m", 4), ("ddpm", 9))
+]
+
+
+@pytest.mark.parametrize("channels, sampler, schedule", SCHEDULE_CASES)
+def test_named_schedule_matches_pipeline_given_the_explicit_schedule(tiny_models, tmp_path, posterior_mode,
+                                                                     channels, sampler, schedule):
+    """Schedules diffusers has no name for, against its pipeline given the same list (sigmas, or the
+    timesteps of those sigmas for samplers that take only timesteps)."""
+    config = pipeline(tiny_models, channels)[1]
+    sigmas = computed_schedule(schedule, 6, config)
+    explicit = {"sigmas": sigmas} if BUILTIN_SAMPLERS[sampler].sigmas else {
+        "timesteps": sigmas_to_timesteps(sigmas, config)}
+    if sampler == "ddpm":  # DDPM takes integer training timesteps only
+        explicit["timesteps"] = [int(round(t)) for t in explicit["timesteps"]]
+    expected = reference(tiny_models, channels, sampler=sampler, strength=1.0, **explicit)
+    got = graph_images(tiny_models, channels, tmp_path, sampler=sampler, strength=1.0,
+                       **(explicit if sampler == "ddpm" else {"scheduler": schedule}))
     assert got.shape == expected.shape
     assert float(np.abs(got.numpy() - expected).max()) <= TOL
 

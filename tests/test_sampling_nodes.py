@@ -24,7 +24,7 @@ def test_impossible_sampler_schedule_pairs_fail_validation(tiny_models, sampler,
 
 @pytest.mark.slow
 def test_every_listed_sampler_runs(tiny_models, tmp_path):
-    from nodes.schedulers import SAMPLERS
+    from nodes.schedulers import BUILTIN_SAMPLERS as SAMPLERS
 
     engine = Engine()
     for sampler in SAMPLERS:

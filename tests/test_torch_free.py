@@ -12,8 +12,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "diffusers", "transformers", "accelerate", "safetensors.torch", "torchvision", "optimum")
 
@@ -43,14 +41,17 @@ def test_the_blocker_blocks():
     assert proc.returncode != 0 and "validation imported torch" in proc.stderr
 
 
-def test_our_node_modules_declare_without_heavy_imports():
-    """Every node module of this package except sampling/schedulers (converted on the sampling branch)."""
-    proc = run_blocked("""
-        import importlib, pkgutil, nodes
-        skip = {"nodes.catalog", "nodes.sampling", "nodes.schedulers"}
-        for m in pkgutil.iter_modules(nodes.__path__, "nodes."):
-            if m.name not in skip:
-                importlib.import_module(m.name)
+LAZY_MODULES = ("commands", "image", "latent", "memory", "models", "payloads", "prompt_syntax", "single_file",
+                "sources", "text", "tiny", "vocab")
+
+
+def test_the_core_node_modules_declare_without_heavy_imports():
+    """The node modules converted here (sampling and schedulers are converted on their own branch; the full
+    check over every module is the next test)."""
+    proc = run_blocked(f"""
+        import importlib
+        for name in {LAZY_MODULES!r}:
+            importlib.import_module("nodes." + name)
         from nodegraph import REGISTRY
         # the validation-time hooks of these nodes, with the values that make them work hardest
         ckpt = REGISTRY.nodes["LoadCheckpoint"]
@@ -64,15 +65,6 @@ def test_our_node_modules_declare_without_heavy_imports():
     assert ckpt_problems >= 2 and prompt_problems == 1 and registered >= 14
 
 
-def _sampling_is_lazy() -> bool:
-    text = (ROOT / "nodes" / "sampling.py").read_text() + (ROOT / "nodes" / "schedulers.py").read_text()
-    return not any(line.startswith(("import torch", "from diffusers", "import diffusers", "from torch"))
-                   for line in text.splitlines())
-
-
-@pytest.mark.xfail(not _sampling_is_lazy(), strict=True,
-                   reason="nodes/sampling.py and nodes/schedulers.py import torch/diffusers at top level until the "
-                          "sampling branch is merged")
 def test_every_example_workflow_validates_without_heavy_imports():
     files = sorted(str(p) for p in (ROOT / "workflows").glob("*.json"))
     files += sorted(str(p) for p in (ROOT / "tests" / "comfy").glob("*.json"))
