@@ -306,8 +306,10 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtypes(dtype: str, device: str) -> tuple[str, str]:
-    """(model dtype, VAE dtype); ``auto`` is decided per device by nodes.memory.choose_dtypes."""
-    return choose_dtypes(dtype, device)
+    """(model dtype, VAE dtype) for the single-component loaders. ``auto``: float16 on accelerators with the VAE
+    in float32, else float32. LoadCheckpoint's ``auto`` also picks bf16 on CPUs (nodes.memory.choose_dtypes);
+    the other loaders follow once the sampler casts ControlNet residuals to the UNet's dtype."""
+    return choose_dtypes(dtype, device, bf16=False)
 
 
 def _source_fingerprint(source: str, variant: str | None = None, config: str | None = None, **_: Any) -> str:
@@ -384,7 +386,7 @@ def LoadCheckpoint(
     vae_cfg = _read_json(folder / "vae" / "config.json")
     sched_cfg = _read_json(folder / "scheduler" / "scheduler_config.json")
     dev = resolve_device(device)
-    model_dtype, vae_dtype = resolve_dtypes(dtype, dev)
+    model_dtype, vae_dtype = choose_dtypes(dtype, dev)
     if vae_dtype == "float16" and vae_cfg.get("force_upcast", True):
         vae_dtype = "float32"  # SDXL's VAE overflows in float16; diffusers upcasts it for the same reason
     options = MemoryOptions(offload, attention, vae_tiling, vae_slicing, quantize)
