@@ -1,4 +1,5 @@
-"""Memory options for loaded components: offload, quantization, attention slicing, VAE tiling/slicing.
+"""Memory and speed options for loaded components: offload, quantization, attention backend, VAE
+tiling/slicing, and the precision ``dtype=auto`` picks for this machine.
 
 Each option keeps the reference behaviour reachable (all off by default) and says clearly when this
 machine cannot do it: offload and bitsandbytes need CUDA, quanto's int8/fp8 need optimum-quanto.
@@ -14,6 +15,8 @@ import os
 import shutil
 import sys
 import tempfile
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Offload = Literal["none", "model", "sequential", "group"]
-Attention = Literal["sdpa", "sliced"]
+Attention = Literal["auto", "sdpa", "math", "sliced"]
 Quantize = Literal["none", "int8", "nf4", "fp8"]
 QUANTIZED_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 
@@ -33,7 +36,7 @@ QUANTIZED_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 @dataclass(frozen=True)
 class MemoryOptions:
     offload: Offload = "none"
-    attention: Attention = "sdpa"
+    attention: Attention = "auto"
     vae_tiling: bool = False
     vae_slicing: bool = False
     quantize: Quantize = "none"
@@ -173,11 +176,13 @@ def place(model: Any, component: str, device: str, options: MemoryOptions) -> tu
 
 
 def configure(model: Any, component: str, options: MemoryOptions) -> Any:
-    """Options that change how a placed component computes: attention slicing, VAE tiling and slicing."""
+    """Options that change how a placed component computes: attention backend, VAE tiling and slicing."""
     if component == "unet" and options.attention == "sliced":
         logger.warning("attention='sliced' computes attention in slices to cut peak memory; with PyTorch's SDPA "
                        "this mostly costs time (use it only when attention itself runs out of memory)")
         model.set_attention_slice("auto")
+    if component in ("unet", "vae_encoder", "vae_decoder") and options.attention in ("auto", "math"):
+        model.set_attn_processor(MeasuredAttention("math" if options.attention == "math" else None))
     if component in ("vae_encoder", "vae_decoder"):
         if options.vae_tiling:
             model.enable_tiling()
@@ -204,3 +209,135 @@ def module_bytes(model: Any) -> int:
     if not isinstance(model, torch.nn.Module):
         return 0
     return sum(_tensor_bytes(t) for t in list(model.parameters()) + list(model.buffers()))
+
+
+# --- precision and attention backend choice (issue 15) ---------------------------------------------------
+
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX-512 BF16 / AMX, aarch64 BF16 (FEAT_BF16)
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags the kernel reports (empty where /proc/cpuinfo is not available)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return frozenset(flags)
+
+
+def native_bf16(flags: Iterable[str] | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (so a bf16 matmul is faster than fp32, not emulated).
+
+    Without those instructions oneDNN emulates bf16 and it is slower than fp32 (docs/memory.md).
+    """
+    found = cpu_flags() if flags is None else frozenset(flags)
+    if not BF16_FLAGS & found:
+        return False
+    loaded = sys.modules.get("torch")
+    return loaded is None or bool(loaded.backends.mkldnn.is_available())
+
+
+def choose_dtypes(dtype: str, device: str, *, bf16: bool | None = None) -> tuple[str, str]:
+    """(UNet and text encoder dtype, VAE dtype) for a LoadCheckpoint ``dtype``.
+
+    ``auto``: float16 on accelerators, bfloat16 on CPUs with native bf16 (``bf16=None`` asks this CPU),
+    float32 on other CPUs; the VAE stays float32 (SDXL's VAE overflows in float16 and loses detail in bf16).
+    An explicit dtype applies to every component; float32 is the reference.
+    """
+    if dtype != "auto":
+        return dtype, dtype
+    if device != "cpu":
+        return "float16", "float32"
+    if native_bf16() if bf16 is None else bf16:
+        return "bfloat16", "float32"
+    return "float32", "float32"
+
+
+_FASTEST: dict[tuple[Any, ...], Any] = {}
+
+
+def _candidates(device_type: str) -> list[Any]:
+    from torch.nn.attention import SDPBackend
+
+    if device_type == "cuda":
+        return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
+                SDPBackend.MATH]
+    return [SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
+
+
+def fastest_backend(batch: int, heads: int, q_len: int, kv_len: int, head_dim: int, dtype: torch.dtype,
+                    device: torch.device) -> Any:
+    """The SDPA backend that ran this attention shape fastest here, measured once per shape and process.
+
+    A few milliseconds per new shape (a UNet has a handful: self and cross attention at each level).
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import sdpa_kernel
+
+    key = (device.type, device.index, dtype, batch, heads, q_len, kv_len, head_dim)
+    found = _FASTEST.get(key)
+    if found is not None:
+        return found
+    q = torch.randn(batch, heads, q_len, head_dim, dtype=dtype, device=device)
+    kv = torch.randn(batch, heads, kv_len, head_dim, dtype=dtype, device=device)
+    timings = []
+    for backend in _candidates(device.type):
+        try:
+            with sdpa_kernel(backend):
+                F.scaled_dot_product_attention(q, kv, kv)  # warm-up; raises where the backend cannot run
+                best = float("inf")
+                for _ in range(3):
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    start = time.perf_counter()
+                    F.scaled_dot_product_attention(q, kv, kv)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    best = min(best, time.perf_counter() - start)
+        except RuntimeError:
+            continue
+        timings.append((best, backend))
+    chosen = min(timings, key=lambda t: t[0])[1] if timings else None
+    logger.debug("attention %s: fastest SDPA backend %s (%s)", key, chosen, timings)
+    _FASTEST[key] = chosen
+    return chosen
+
+
+class MeasuredAttention:
+    """A diffusers attention processor: PyTorch SDPA restricted to one backend per call.
+
+    ``backend=None`` (``attention='auto'``) uses the backend measured fastest for each shape on this device;
+    ``"math"`` always uses the plain math kernel (``attention='math'``). Calls with an attention mask are
+    left to PyTorch's own choice (not every backend takes a mask).
+    """
+
+    def __init__(self, backend: Literal["math"] | None = None) -> None:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.backend = backend
+        self.inner = AttnProcessor2_0()
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None) -> torch.Tensor:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        if attention_mask is not None:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if self.backend == "math":
+            chosen = SDPBackend.MATH
+        else:
+            batch = hidden_states.shape[0]
+            q_len = hidden_states.shape[2] * hidden_states.shape[3] if hidden_states.ndim == 4 else hidden_states.shape[1]
+            kv_len = q_len if encoder_hidden_states is None else encoder_hidden_states.shape[1]
+            chosen = fastest_backend(batch, attn.heads, q_len, kv_len, attn.to_q.out_features // attn.heads,
+                                     hidden_states.dtype, hidden_states.device)
+        if chosen is None:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        with sdpa_kernel(chosen):
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)

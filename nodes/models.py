@@ -21,12 +21,14 @@ from nodegraph import RunContext, node
 from nodegraph.node import CachePolicy
 from nodegraph.settings import active_settings
 from nodegraph.types import MODEL_SOURCE
+from nodes.compile import Compile, compile_component
 from nodes.memory import (
     QUANTIZED_COMPONENTS,
     Attention,
     MemoryOptions,
     Offload,
     Quantize,
+    choose_dtypes,
     configure,
     cuda_available,
     load_quantized,
@@ -71,6 +73,7 @@ class ModelRef:
     device: str  # resolved: cpu | cuda | cuda:N | mps
     options: MemoryOptions = MemoryOptions()
     patches: tuple[LoraPatch, ...] = ()
+    compile: str = "none"  # none | unet | all (nodes/compile.py)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -138,13 +141,14 @@ class ModelManager:
         return [key[1] for key in self._loaded]
 
     def get(self, ref: ModelRef, component: str, ctx: RunContext | None = None) -> Any:
-        key = (ref.source.fingerprint, component, ref.dtype, ref.device, ref.options)
+        key = (ref.source.fingerprint, component, ref.dtype, ref.device, ref.options, ref.compile)
         entry = self._loaded.get(key)
         if entry is None:
             model = load_component(ref, component)
             self._make_room(module_bytes(model), keep=key)  # before it reaches the device
             model, hook = place(model, component, ref.device, ref.options)
             model = configure(model, component, ref.options)
+            model = compile_component(model, component, ref.compile, ref.device)
             entry = (model, module_bytes(model), hook)
             self._loaded[key] = entry
             if ctx is not None:
@@ -302,10 +306,11 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtypes(dtype: str, device: str) -> tuple[str, str]:
-    """(model dtype, VAE dtype). ``auto``: float16 on accelerators with the VAE in float32, else float32."""
-    if dtype == "auto":
-        return ("float16", "float32") if device != "cpu" else ("float32", "float32")
-    return dtype, dtype
+    """(model dtype, VAE dtype) for every loader. ``auto``: float16 on accelerators with the VAE in float32,
+    else float32. Not yet bf16 on CPUs with native bf16 (``nodes.memory.choose_dtypes`` can): Sample still
+    keeps its latents and scheduler arithmetic in the UNet's dtype and ControlNet residuals are not cast, so
+    a bf16 UNet would cost accuracy and break ControlNet; ``dtype="bfloat16"`` asks for it explicitly."""
+    return choose_dtypes(dtype, device, bf16=False)
 
 
 def _source_fingerprint(source: str, variant: str | None = None, config: str | None = None, **_: Any) -> str:
@@ -354,13 +359,17 @@ def LoadCheckpoint(
     quantize: Quantize = "none",
     config: Annotated[str, MODEL_SOURCE, Field(description="configs for a single-file checkpoint of another "
                                                            "architecture")] | None = None,
+    compile: Compile = "none",
 ) -> Checkpoint:
     """Load an SDXL checkpoint lazily: returns handles; weights are read when a node first needs them.
 
     source: a diffusers folder, a .safetensors file, a hub id (e.g. diffusers/stable-diffusion-xl-1.0-inpainting-0.1),
     or builtin:tiny-sdxl-inpaint / builtin:tiny-sdxl (random weights, for tests and demos).
-    dtype auto: float16 on CUDA with the VAE kept in float32 (it overflows in float16); float32 on CPU.
-    Memory options (docs/memory.md): offload none|model|sequential|group (CUDA), attention sdpa|sliced,
+    dtype auto: float16 on CUDA and bfloat16 on CPUs with native bf16 (AVX512-BF16/AMX), float32 on other
+    CPUs; the VAE stays float32. float32 is the reference. attention auto (the SDPA kernel measured fastest
+    per device and size) | sdpa (PyTorch's choice) | math | sliced. compile none|unet|all: torch.compile the
+    UNet (all: and the VAE), slow first call per size, eager with a warning where unsupported.
+    Memory options (docs/memory.md): offload none|model|sequential|group (CUDA),
     vae_tiling, vae_slicing, quantize none|int8|fp8 (optimum-quanto, CPU too)|nf4 (bitsandbytes, CUDA)
     for the UNet and both text encoders. config: for a single-file checkpoint of another architecture than
     SDXL 1.0, a diffusers folder (or hub id) whose configs and tokenizers describe it.
@@ -382,9 +391,9 @@ def LoadCheckpoint(
     if vae_dtype == "float16" and vae_cfg.get("force_upcast", True):
         vae_dtype = "float32"  # SDXL's VAE overflows in float16; diffusers upcasts it for the same reason
     options = MemoryOptions(offload, attention, vae_tiling, vae_slicing, quantize)
-    unet = unet_handle(ModelRef(src, model_dtype, dev, options), unet_cfg, vae_cfg, index, sched_cfg)
+    unet = unet_handle(ModelRef(src, model_dtype, dev, options, compile=compile), unet_cfg, vae_cfg, index, sched_cfg)
     clip = ClipHandle(ModelRef(src, model_dtype, dev, options))
-    vae = vae_handle(ModelRef(src, vae_dtype, dev, options), vae_cfg)
+    vae = vae_handle(ModelRef(src, vae_dtype, dev, options, compile=compile), vae_cfg)
     return Checkpoint(unet, clip, vae)
 
 

@@ -19,10 +19,10 @@ def run(graph: Graph, tmp_path: Path, **kwargs: object) -> RunResult:
 
 def inpaint_graph(source: str, *, prompt: str = "a red apple", prompt_2: str | None = None,
                   negative: str | None = None, image: Path = DEMO_IMAGE, mask: Path = DEMO_MASK,
-                  mask_mode: str = "nearest", **sample: object) -> Graph:
+                  mask_mode: str = "nearest", dtype: str = "float32", **sample: object) -> Graph:
     """checkpoint -> prompts -> VAEEncode(+mask) -> DownsampleMask -> Sample -> VAEDecode (node 'decode')."""
     g = Graph()
-    ckpt = g.add("LoadCheckpoint", id="checkpoint", source=source)
+    ckpt = g.add("LoadCheckpoint", id="checkpoint", source=source, dtype=dtype)  # float32: the reference precision
     img = g.add("LoadImage", id="image", path=str(image))
     msk = g.add("LoadMask", id="mask", path=str(mask))
     pos = g.add("EncodePrompt", id="positive", clip=ckpt.clip, prompt=prompt,

@@ -32,7 +32,7 @@ def test_inpaint_model_conditioning_workflow(builtin_models_dir, at_root, tmp_pa
 
     native = inpaint_graph("builtin:tiny-sdxl-inpaint", prompt="a red apple on a wooden table", negative="blurry",
                            image=ROOT / "workflows" / "demo_image_alpha.png", seed=42, steps=4, strength=1.0,
-                           guidance_scale=7.5)
+                           guidance_scale=7.5, dtype="auto")  # CheckpointLoaderSimple's default
     native.set_input("mask", "path", str(ROOT / "workflows" / "demo_image_alpha.png"))
     native.set_input("mask", "channel", "alpha")
     native.set_input("mask", "invert", True)
