@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
 
-from nodegraph import ComfyMapping, node, rename_mapping
+from nodegraph import node
 from nodes.payloads import Conditioning, Mask
 
 if TYPE_CHECKING:
@@ -38,9 +38,7 @@ def _fit_tokens(t: torch.Tensor, length: int) -> torch.Tensor:
     return t.repeat(1, -(-length // t.shape[1]), 1)[:, :length]
 
 
-@node(category="conditioning", version=1,
-      comfy=rename_mapping("ConditioningCombine", "ConditioningCombine",
-                           {"conditioning_1": "a", "conditioning_2": "b"}, ("conditioning",)))
+@node(category="conditioning", version=1)
 def ConditioningCombine(a: Conditioning, b: Conditioning) -> Conditioning:
     """Both prompts' entries: each is evaluated and their predictions averaged by weight."""
     first, *rest = [*a.entries(), *b.entries()]
@@ -54,8 +52,7 @@ def _comfy_area(inputs: dict[str, Any], fractions: bool) -> dict[str, dict[str, 
     return {"": {"type": "ConditioningSetAreaPercentage" if fractions else "ConditioningSetArea", "inputs": ours}}
 
 
-@node(category="conditioning", version=1,
-      comfy=ComfyMapping("ConditioningSetArea", lambda i: _comfy_area(i, False), (("", "conditioning"),)))
+@node(category="conditioning", version=1)
 def ConditioningSetArea(conditioning: Conditioning, width: Pixels = 64, height: Pixels = 64, x: Pixels = 0,
                         y: Pixels = 0, strength: Strength = 1.0) -> Conditioning:
     """Apply the prompt inside a rectangle (pixels of the image, rounded to whole latent cells)."""
@@ -63,36 +60,27 @@ def ConditioningSetArea(conditioning: Conditioning, width: Pixels = 64, height: 
                  strength=strength)
 
 
-@node(category="conditioning", version=1,
-      comfy=ComfyMapping("ConditioningSetAreaPercentage", lambda i: _comfy_area(i, True), (("", "conditioning"),)))
+@node(category="conditioning", version=1)
 def ConditioningSetAreaPercentage(conditioning: Conditioning, width: Unit = 1.0, height: Unit = 1.0, x: Unit = 0.0,
                                   y: Unit = 0.0, strength: Strength = 1.0) -> Conditioning:
     """Apply the prompt inside a rectangle given in fractions of the image."""
     return _each(conditioning, area=(x, y, width, height), area_in_pixels=False, strength=strength)
 
 
-@node(category="conditioning", version=1,
-      comfy=rename_mapping("ConditioningSetMask", "ConditioningSetMask",
-                           {"conditioning": "conditioning", "mask": "mask", "strength": "strength"},
-                           ("conditioning",)))
+@node(category="conditioning", version=1)
 def ConditioningSetMask(conditioning: Conditioning, mask: Mask, strength: Strength = 1.0) -> Conditioning:
     """Apply the prompt where the mask is set (weighted by the mask's value): regional prompting, e.g.
     inside an inpainting mask."""
     return _each(conditioning, mask=mask[0] if mask.ndim == 3 else mask, strength=strength)
 
 
-@node(category="conditioning", version=1,
-      comfy=rename_mapping("ConditioningSetTimestepRange", "ConditioningSetTimestepRange",
-                           {"conditioning": "conditioning", "start": "start", "end": "end"}, ("conditioning",)))
+@node(category="conditioning", version=1)
 def ConditioningSetTimestepRange(conditioning: Conditioning, start: Unit = 0.0, end: Unit = 1.0) -> Conditioning:
     """Apply the prompt only from ``start`` to ``end`` (fractions of the schedule, 0 = the noisy end)."""
     return _each(conditioning, start=start, end=end)
 
 
-@node(category="conditioning", version=1,
-      comfy=rename_mapping("ConditioningAverage", "ConditioningAverage",
-                           {"conditioning_to": "to", "conditioning_from": "source",
-                            "conditioning_to_strength": "to_strength"}, ("conditioning",)))
+@node(category="conditioning", version=1)
 def ConditioningAverage(to: Conditioning, source: Conditioning, to_strength: Unit = 1.0) -> Conditioning:
     """Blend each entry of ``to`` with the first entry of ``source``: to * w + source * (1 - w), tokens
     and pooled embedding alike (source's tokens repeated or cut to ``to``'s length)."""
@@ -105,9 +93,7 @@ def ConditioningAverage(to: Conditioning, source: Conditioning, to_strength: Uni
     return dataclasses.replace(entries[0], more=tuple(entries[1:]))
 
 
-@node(category="conditioning", version=1,
-      comfy=rename_mapping("ConditioningConcat", "ConditioningConcat",
-                           {"conditioning_to": "to", "conditioning_from": "source"}, ("conditioning",)))
+@node(category="conditioning", version=1)
 def ConditioningConcat(to: Conditioning, source: Conditioning) -> Conditioning:
     """Append the first entry of ``source``'s tokens to each entry of ``to`` (pooled stays ``to``'s)."""
     import torch
@@ -118,9 +104,7 @@ def ConditioningConcat(to: Conditioning, source: Conditioning) -> Conditioning:
     return dataclasses.replace(entries[0], more=tuple(entries[1:]))
 
 
-@node(category="conditioning", version=1,
-      comfy=rename_mapping("ConditioningZeroOut", "ConditioningZeroOut", {"conditioning": "conditioning"},
-                           ("conditioning",)))
+@node(category="conditioning", version=1)
 def ConditioningZeroOut(conditioning: Conditioning) -> Conditioning:
     """Zero tokens and pooled embedding (SDXL's 'no negative prompt')."""
     import torch

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 from pydantic import Field
 
-from nodegraph import ComfyMapping, RunContext, node, rename_mapping
+from nodegraph import RunContext, node
 from nodegraph.node import PERSIST
 from nodes.models import UNetHandle, manager
 from nodes.payloads import Conditioning, Latent
@@ -541,16 +541,13 @@ class SelectedSampler(NamedTuple):
     sampler: str
 
 
-@node(category="sampling/custom", version=1,
-      comfy=rename_mapping("KSamplerSelect", "SamplerSelect", {"sampler_name": "sampler"}, ("sampler",)))
+@node(category="sampling/custom", version=1)
 def SamplerSelect(sampler: SamplerName = "euler") -> SelectedSampler:
     """A sampler name as a value, for SampleCustom (and Sample's sampler input)."""
     return SelectedSampler(sampler)
 
 
-@node(category="sampling/custom", version=1,
-      comfy=(rename_mapping("RandomNoise", "Noise", {"noise_seed": "seed"}, ("noise",)),
-             rename_mapping("DisableNoise", "Noise", {}, ("noise",), add=False)))
+@node(category="sampling/custom", version=1)
 def Noise(seed: Annotated[int, Field(ge=0, le=SEED_MAX)] = 0, add: bool = True) -> NoiseSpec:
     """Seeded initial noise (add=false: start from the latent as it is, e.g. the second half of a split)."""
     return NoiseSpec(seed, add)
@@ -562,10 +559,7 @@ def _comfy_cfg_guider(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {"": {"type": "Guider", "inputs": {k: v for k, v in ours.items() if v is not None}}}
 
 
-@node(category="sampling/custom", version=1,
-      comfy=(ComfyMapping("CFGGuider", _comfy_cfg_guider, (("", "guider"),)),
-             rename_mapping("BasicGuider", "Guider", {"model": "unet", "conditioning": "positive"}, ("guider",),
-                            guidance_scale=1.0)))
+@node(category="sampling/custom", version=1)
 def Guider(unet: UNetHandle, positive: Conditioning, negative: Conditioning | None = None,
            guidance_scale: Scale = 7.5, guidance_scale_g: Scale | None = None,
            guidance_scale_l: Scale | None = None) -> GuiderSpec:
@@ -587,14 +581,7 @@ def _comfy_sampler_custom_advanced(inputs: dict[str, Any]) -> dict[str, dict[str
     return {"": {"type": "SampleCustom", "inputs": ours}}
 
 
-# ComfyUI's second output is the model's prediction of the clean latent; with a schedule that ends at 0
-# that is the output itself, which is what we hand on for both.
-_CUSTOM_OUTPUTS = (("", "latent"), ("", "latent"))
-
-
-@node(category="sampling/custom", version=1, cache=PERSIST,
-      comfy=(ComfyMapping("SamplerCustom", _comfy_sampler_custom, _CUSTOM_OUTPUTS),
-             ComfyMapping("SamplerCustomAdvanced", _comfy_sampler_custom_advanced, _CUSTOM_OUTPUTS)))
+@node(category="sampling/custom", version=1, cache=PERSIST)
 def SampleCustom(noise: NoiseSpec, guider: GuiderSpec, sigmas: Sigmas, latent: Latent, ctx: RunContext,
                  sampler: SamplerName = "euler") -> Latent:
     """Sample from parts: noise, a guider, a sampler and an explicit schedule (ComfyUI's custom sampling)."""

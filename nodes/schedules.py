@@ -17,8 +17,7 @@ from typing import Annotated, Any, NamedTuple
 import numpy as np
 from pydantic import Field
 
-from nodegraph import Socket, node, rename_mapping
-from nodegraph.node import ComfyMapping
+from nodegraph import Socket, node
 from nodes.models import UNetHandle  # a socket annotation: needed at run time to build the node's spec
 from nodes.schedulers import COMPUTED_SCHEDULES, BetaSchedule, SamplerName, ScheduleName, combination_problem
 
@@ -158,8 +157,7 @@ def _comfy_turbo(inputs: dict[str, Any]) -> dict[str, dict[str, Any]]:
                                                         "timesteps": [999 - 100 * i for i in range(start, start + steps)]}}}
 
 
-@node(category="sampling/schedules", version=1, check=_check_schedule,
-      comfy=ComfyMapping("BasicScheduler", _comfy_basic, (("", "sigmas"),)))
+@node(category="sampling/schedules", version=1, check=_check_schedule)
 def Schedule(unet: UNetHandle, sampler: SamplerName = "euler", scheduler: ScheduleName = "normal", steps: Steps = 20,
              denoise: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0, beta_schedule: BetaSchedule = "model"
              ) -> Sigmas:
@@ -169,27 +167,21 @@ def Schedule(unet: UNetHandle, sampler: SamplerName = "euler", scheduler: Schedu
     return named_schedule(sampler, scheduler, total, unet.scheduler_config, beta_schedule)[-(steps + 1):]
 
 
-@node(category="sampling/schedules", version=1,
-      comfy=rename_mapping("KarrasScheduler", "KarrasSchedule",
-                           {"steps": "steps", "sigma_max": "sigma_max", "sigma_min": "sigma_min", "rho": "rho"},
-                           ("sigmas",)))
+@node(category="sampling/schedules", version=1)
 def KarrasSchedule(steps: Steps = 20, sigma_max: Positive = 14.614642, sigma_min: Positive = 0.0291675,
                    rho: Positive = 7.0) -> Sigmas:
     """Karras et al.'s schedule: evenly spaced in sigma^(1/rho) from sigma_max to sigma_min, then 0."""
     return karras(steps, sigma_min, sigma_max, rho)
 
 
-@node(category="sampling/schedules", version=1,
-      comfy=rename_mapping("ExponentialScheduler", "ExponentialSchedule",
-                           {"steps": "steps", "sigma_max": "sigma_max", "sigma_min": "sigma_min"}, ("sigmas",)))
+@node(category="sampling/schedules", version=1)
 def ExponentialSchedule(steps: Steps = 20, sigma_max: Positive = 14.614642, sigma_min: Positive = 0.0291675
                         ) -> Sigmas:
     """Evenly spaced in log sigma from sigma_max to sigma_min, then 0."""
     return exponential(steps, sigma_min, sigma_max)
 
 
-@node(category="sampling/schedules", version=1,
-      comfy=ComfyMapping("SDTurboScheduler", _comfy_turbo, (("", "sigmas"),)))
+@node(category="sampling/schedules", version=1)
 def TimestepSchedule(unet: UNetHandle, timesteps: list[Annotated[float, Field(ge=0)]]) -> Sigmas:
     """The model's sigmas at these (descending) training timesteps, then 0."""
     train = training_sigmas(json.loads(unet.scheduler_config))
@@ -201,15 +193,13 @@ class SplitSigmas(NamedTuple):
     low: Sigmas
 
 
-@node(category="sampling/schedules", version=1,
-      comfy=rename_mapping("SplitSigmas", "SplitSchedule", {"sigmas": "sigmas", "step": "step"}, ("high", "low")))
+@node(category="sampling/schedules", version=1)
 def SplitSchedule(sigmas: Sigmas, step: Annotated[int, Field(ge=0)] = 0) -> SplitSigmas:
     """Cut a schedule at a step: ``high`` runs steps 0..step-1, ``low`` the rest (they share sigma[step])."""
     return SplitSigmas(list(sigmas[: step + 1]), list(sigmas[step:]))
 
 
-@node(category="sampling/schedules", version=1,
-      comfy=rename_mapping("FlipSigmas", "FlipSchedule", {"sigmas": "sigmas"}, ("sigmas",)))
+@node(category="sampling/schedules", version=1)
 def FlipSchedule(sigmas: Sigmas) -> Sigmas:
     """Reverse a schedule (for unsampling); a leading 0 becomes a tiny positive sigma, as in ComfyUI."""
     flipped = list(reversed(sigmas))
