@@ -203,6 +203,17 @@ def _worker_count(ray: Any, opts: BatchOptions) -> int:
 
 def _actor_class(ray: Any) -> Any:
     class RayBatchWorker(BatchWorker):
+        def __init__(self, *args: Any) -> None:
+            # As many compute threads as CPUs the worker holds, whatever the driver's environment says:
+            # torch's float reductions depend on the thread count, and a job must give the pixels of
+            # `nodegraph run` at that count (OMP_NUM_THREADS=C). Set here rather than through a runtime_env,
+            # which would keep Ray from reusing its started worker processes when an actor restarts.
+            import torch
+
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+            torch.set_num_threads(max(1, math.floor(cpus)))
+            super().__init__(*args)
+
         # A separate thread answers status() while a job runs (the test that kills a worker mid-job asks).
         @ray.method(concurrency_group="control")
         def status(self) -> dict[str, Any]:
@@ -276,14 +287,8 @@ class BatchRunner:
         opts = self.opts
         count = _worker_count(ray, opts)
         settings = opts.settings.with_(output_dir=self.output_dir)
-        # As many compute threads as the worker holds CPUs, whatever the driver's environment says: torch's
-        # reductions depend on the thread count, and a job must give the pixels of `nodegraph run` with the
-        # same count (OMP_NUM_THREADS=C).
-        threads = str(max(1, math.floor(opts.cpus_per_worker)))
         cls = _actor_class(ray).options(num_cpus=opts.cpus_per_worker, num_gpus=opts.gpus_per_worker,
-                                        max_restarts=-1, max_task_retries=0,
-                                        runtime_env={"env_vars": {"OMP_NUM_THREADS": threads,
-                                                                  "MKL_NUM_THREADS": threads}})
+                                        max_restarts=-1, max_task_retries=0)
         self.actors = [cls.remote(planner.data, planner.source, planner.policy(), settings) for _ in range(count)]
         for i, info in enumerate(ray.get([a.ready.remote() for a in self.actors])):
             self.summary.workers[f"worker-{i}"] = WorkerFigures(processes=[info["worker"]])
