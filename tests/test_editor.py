@@ -31,6 +31,7 @@ if importlib.util.find_spec("comfyui_frontend_package") is None:
     pytest.skip("the editor is not installed (pip install -e '.[ui]')", allow_module_level=True)
 
 from playwright.sync_api import ConsoleMessage, Page, Response, sync_playwright  # noqa: E402
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError  # noqa: E402
 
 DEFAULT_TITLES = {"checkpoint", "image", "mask", "positive", "negative", "encode", "latent_mask", "sample", "decode",
                   "composite", "save"}
@@ -159,8 +160,17 @@ def test_editor_end_to_end(served: Served, tmp_path: Path) -> None:
             assert {"nodegraph.Sample", "nodegraph.LoadCheckpoint", "nodegraph.LoadImage", "nodegraph.SaveImage"} <= set(types)
             page.get_by_role("button", name="Node Library (n)").click()
             page.get_by_text("nodegraph", exact=True).first.click()
-            page.get_by_text("sampling", exact=True).first.click()
-            page.get_by_text("Sample", exact=True).first.wait_for(timeout=10_000)
+            # ComfyUI's own "sampling" folder sits beside ours in the (flat) tree: open each until ours shows Sample
+            folders = page.get_by_text("sampling", exact=True)
+            for i in range(folders.count()):
+                folders.nth(i).click()
+                try:
+                    page.get_by_text("Sample", exact=True).first.wait_for(timeout=5_000)
+                    break
+                except PlaywrightTimeoutError:
+                    continue
+            else:
+                raise AssertionError("no 'sampling' folder of the node library lists nodegraph's Sample")
             if importlib.util.find_spec("nodegraph.comfy_spec") is not None:  # ComfyUI's vocabulary is described
                 assert {"KSampler", "CheckpointLoaderSimple", "LoadImage", "SaveImage"} <= set(types)
             shot(page, artifacts, "02-node-library")
