@@ -153,7 +153,9 @@ def test_worker_killed_mid_job_is_retried_and_every_job_recorded_once(killed_bat
         assert by_id[job_id]["status"] == "done" and by_id[job_id]["attempts"] == 2
         assert by_id[job_id]["worker"] != killed_batch["killed"]["worker"]
     report = json.loads((killed_batch["out"].parent / "report.json").read_text())
-    assert report["workers"]["worker-0"]["lost"] == 1 and len(report["workers"]["worker-0"]["processes"]) == 2
+    # The restarted process is listed once it has answered; on a fast machine the other worker may finish the
+    # batch first, so the report holds one or two processes for the killed worker, never more.
+    assert report["workers"]["worker-0"]["lost"] == 1 and len(report["workers"]["worker-0"]["processes"]) in (1, 2)
     assert sum(w["jobs"] for w in report["workers"].values()) == JOBS
     assert not (out / ".partial").exists()
 

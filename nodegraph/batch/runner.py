@@ -203,16 +203,21 @@ def _worker_count(ray: Any, opts: BatchOptions) -> int:
 
 def _actor_class(ray: Any) -> Any:
     class RayBatchWorker(BatchWorker):
-        def __init__(self, *args: Any) -> None:
-            # As many compute threads as CPUs the worker holds, whatever the driver's environment says:
-            # torch's float reductions depend on the thread count, and a job must give the pixels of
-            # `nodegraph run` at that count (OMP_NUM_THREADS=C). Set here rather than through a runtime_env,
-            # which would keep Ray from reusing its started worker processes when an actor restarts.
-            import torch
+        _threads_set = False
 
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-            torch.set_num_threads(max(1, math.floor(cpus)))
-            super().__init__(*args)
+        def run_job(self, job_id: str, overrides: dict[str, Any]) -> dict[str, Any]:
+            if not self._threads_set:
+                # As many compute threads as CPUs the worker holds, whatever the driver's environment says:
+                # torch's float reductions depend on the thread count, and a job must give the pixels of
+                # `nodegraph run` at that count (OMP_NUM_THREADS=C). Set on the first job, not at start-up,
+                # so that a restarted worker answers at once; not through a runtime_env, which would keep
+                # Ray from reusing its started worker processes.
+                import torch
+
+                cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+                torch.set_num_threads(max(1, math.floor(cpus)))
+                self._threads_set = True
+            return super().run_job(job_id, overrides)
 
         # A separate thread answers status() while a job runs (the test that kills a worker mid-job asks).
         @ray.method(concurrency_group="control")
