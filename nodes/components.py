@@ -155,7 +155,8 @@ def _part_fingerprint(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _check(source: str | None = None, **_: Any) -> list[tuple[str | None, str]]:
+def check_component_source(source: str | None = None, **_: Any) -> list[tuple[str | None, str]]:
+    """Validation hook of the single-component loaders: a bare component folder, else any model source."""
     if source is None or (Path(source).expanduser() / "config.json").is_file():
         return []
     try:
@@ -174,7 +175,7 @@ def _unet_fingerprint(source: str, **_: Any) -> str:
 
 
 @node(category="loaders", version=1, cache=CachePolicy.reads(_vae_fingerprint, "source", "config", memory=False),
-      check=_check)
+      check=check_component_source)
 def LoadVAE(
     source: ComponentSource,
     dtype: DType = "auto",
@@ -199,7 +200,7 @@ def LoadVAE(
     return vae_handle(ModelRef(src, vae_dtype, dev), cfg)
 
 
-@node(category="loaders", version=1, cache=CachePolicy.reads(_unet_fingerprint, "source", memory=False), check=_check)
+@node(category="loaders", version=1, cache=CachePolicy.reads(_unet_fingerprint, "source", memory=False), check=check_component_source)
 def LoadUNet(source: ComponentSource, dtype: DType = "auto", device: Device = "auto") -> UNetHandle:
     """Load a UNet to use instead of the checkpoint's (lazily).
 

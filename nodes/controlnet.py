@@ -24,10 +24,10 @@ from pydantic import Field
 from nodegraph import RunContext, node
 from nodegraph.node import CachePolicy
 from nodegraph.types import MODEL_SOURCE
-from nodes.components import ComponentSource, component_source
+from nodes.components import ComponentSource, check_component_source, component_source
 from nodes.models import Device, DType, ModelRef, _read_json, manager, resolve_device, resolve_dtypes
 from nodes.payloads import Conditioning, Image
-from nodes.sources import SourceError, check_source
+from nodes.sources import SourceError
 
 if TYPE_CHECKING:
     import torch
@@ -65,18 +65,8 @@ def _fingerprint(source: str, config: str | None = None, **_: Any) -> str:
     return component_source(source, "controlnet", config).fingerprint
 
 
-def _check_source(source: str | None = None, **_: Any) -> list[tuple[str | None, str]]:
-    if source is None or (Path(source).expanduser() / "config.json").is_file():
-        return []
-    try:
-        check_source(source)
-    except SourceError as exc:
-        return [("source", str(exc))]
-    return []
-
-
 @node(category="loaders", version=1, cache=CachePolicy.reads(_fingerprint, "source", "config", memory=False),
-      check=_check_source)
+      check=check_component_source)
 def LoadControlNet(
     source: ComponentSource,
     dtype: DType = "auto",
