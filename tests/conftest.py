@@ -51,3 +51,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch, request):
 def calls():
     toy_nodes.CALLS.clear()
     return toy_nodes.CALLS
+
+
+@pytest.fixture
+def posterior_mode(monkeypatch):
+    """diffusers' inpainting pipelines encode with the VAE posterior's mode, as our VAEEncode does (the one
+    deliberate difference: a sampled posterior would make every cached encoding seed-dependent)."""
+    from diffusers.pipelines.controlnet import pipeline_controlnet_inpaint_sd_xl
+    from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_inpaint
+
+    def mode_latents(encoder_output, generator=None, sample_mode="sample"):
+        return encoder_output.latent_dist.mode()
+
+    for module in (pipeline_stable_diffusion_xl_inpaint, pipeline_controlnet_inpaint_sd_xl):
+        monkeypatch.setattr(module, "retrieve_latents", mode_latents)

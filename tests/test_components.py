@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
-from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_inpaint as sdxl_inpaint
 from PIL import Image
 
 from nodegraph import Engine, Graph
@@ -18,14 +17,6 @@ from tests.sdxl_graphs import DEMO_IMAGE, DEMO_MASK, ROOT, inpaint_graph
 
 TOL = 1e-4
 STEPS = 4
-
-
-@pytest.fixture
-def posterior_mode(monkeypatch):
-    def mode_latents(encoder_output, generator=None, sample_mode="sample"):
-        return encoder_output.latent_dist.mode()
-
-    monkeypatch.setattr(sdxl_inpaint, "retrieve_latents", mode_latents)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import ControlNetModel, StableDiffusionXLControlNetInpaintPipeline
-from diffusers.pipelines.controlnet import pipeline_controlnet_inpaint_sd_xl as cn_inpaint
 from PIL import Image
 
 from nodegraph import Engine, Graph
@@ -27,14 +26,6 @@ pytestmark = pytest.mark.slow  # end-to-end runs of the tiny model
 TOL = 1e-4
 STEPS = 5
 CANNY = {"low_threshold": 0.1, "high_threshold": 0.3}
-
-
-@pytest.fixture
-def posterior_mode(monkeypatch):
-    def mode_latents(encoder_output, generator=None, sample_mode="sample"):
-        return encoder_output.latent_dist.mode()
-
-    monkeypatch.setattr(cn_inpaint, "retrieve_latents", mode_latents)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLInpaintPipeline
-from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_inpaint as sdxl_inpaint
 from PIL import Image
 
 from nodegraph import Engine
@@ -21,14 +20,6 @@ from tests.sdxl_graphs import DEMO_IMAGE, DEMO_MASK, inpaint_graph
 pytestmark = pytest.mark.slow  # end-to-end runs of the tiny model
 
 TOL = 1e-4
-
-
-@pytest.fixture
-def posterior_mode(monkeypatch):
-    def mode_latents(encoder_output, generator=None, sample_mode="sample"):
-        return encoder_output.latent_dist.mode()
-
-    monkeypatch.setattr(sdxl_inpaint, "retrieve_latents", mode_latents)
 
 
 _PIPES: dict[int, tuple[StableDiffusionXLInpaintPipeline, dict]] = {}
