@@ -41,18 +41,11 @@ def free_port() -> int:
 
 def api_prompt(seed: int, steps: int) -> dict[str, Any]:
     """workflows/demo_tiny.json as an API-format prompt of native class_types (outputs by index)."""
+    from nodegraph.comfy import graph_to_comfy
     from nodegraph.node import REGISTRY
-    from nodegraph.server.translate import native_name
+    from nodegraph.workflow import load_workflow
 
-    native = json.loads((ROOT / "workflows/demo_tiny.json").read_text())["nodes"]
-    out: dict[str, Any] = {}
-    for node_id, entry in native.items():
-        inputs = {}
-        for k, v in entry["inputs"].items():
-            if isinstance(v, list) and len(v) == 2 and v[0] in native:
-                v = [v[0], list(REGISTRY.get(native[v[0]]["type"]).outputs).index(v[1])]  # type: ignore[union-attr]
-            inputs[k] = v
-        out[node_id] = {"class_type": native_name(entry["type"], REGISTRY), "inputs": inputs}
+    out = graph_to_comfy(load_workflow(ROOT / "workflows/demo_tiny.json"), REGISTRY)
     out["image"]["inputs"]["path"] = "demo_image.png"
     out["mask"]["inputs"]["path"] = "demo_mask.png"
     out["sample"]["inputs"].update(seed=seed, steps=steps)

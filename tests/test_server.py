@@ -136,20 +136,18 @@ def of(frames: list[Any], prompt_id: str) -> list[Any]:
 
 
 def native_api_prompt() -> dict[str, Any]:
-    """workflows/demo_tiny.json in API format with our own class_types, outputs by index."""
+    """workflows/demo_tiny.json in API format with our own class_types (bare names where ComfyUI does not
+    own them, as a client may write them), outputs by index."""
+    from nodegraph.comfy import graph_to_comfy
     from nodegraph.node import REGISTRY
     from nodegraph.server.translate import native_name
+    from nodegraph.workflow import load_workflow
 
-    native = json.loads((ROOT / "workflows/demo_tiny.json").read_text())["nodes"]
-    out: dict[str, Any] = {}
-    for node_id, entry in native.items():
-        inputs = {}
-        for k, v in entry["inputs"].items():
-            if isinstance(v, list) and len(v) == 2 and v[0] in native:
-                outputs = list(REGISTRY.get(native[v[0]]["type"]).outputs)  # type: ignore[union-attr]
-                v = [v[0], outputs.index(v[1])]
-            inputs[k] = v
-        out[node_id] = {"class_type": native_name(entry["type"], REGISTRY), "inputs": inputs}
+    graph = load_workflow(ROOT / "workflows/demo_tiny.json")
+    out = graph_to_comfy(graph, REGISTRY)
+    for node_id, entry in out.items():
+        entry["class_type"] = native_name(graph.nodes[node_id].type, REGISTRY)
+        entry.pop("_meta", None)
     out["image"]["inputs"]["path"] = "demo_image.png"
     out["mask"]["inputs"]["path"] = "demo_mask.png"
     out["sample"]["inputs"]["steps"] = 2
