@@ -8,7 +8,8 @@ file with the full-size SDXL inpainting architecture and random weights (`--mode
 `nodegraph make-tiny-model DIR --full-size`, written as one file by tests/original_layout.py).
 
 Engines run one after the other, alternating round by round, and medians are reported:
-- per step: median time between consecutive sampler progress events (steps 2..N: step 1 also pays set-up);
+- per step: median time between consecutive sampler progress events (steps 2..N: step 1 also pays set-up),
+  in the warm rerun and, separately, in the first run (ComfyUI's first run is slower per step);
 - first image: from launching the process (ComfyUI: its server) to the saved image;
 - warm rerun: the same workflow with the seed changed, in the same process / server.
 nodegraph runs twice per round: dtype float32 (ComfyUI's CPU precision for UNet and VAE) and dtype auto.
@@ -92,6 +93,10 @@ def nodegraph_child(args: argparse.Namespace) -> None:
         result = engine.run(graph, listener=stamps)
         assert result.ok, result.report()
         report[run] = {"end": time.time(), "seconds": time.time() - start, "steps": step_times(stamps.progress)}
+        if run == "first":  # the decoded image, to compare the precisions' outputs (same seed) afterwards
+            import numpy as np
+
+            np.save(Path(args.out) / f"nodegraph_{args.dtype}.npy", result["8"]["image"].float().numpy())
     print("RESULT " + json.dumps(report), flush=True)
 
 
@@ -107,7 +112,7 @@ def run_nodegraph(args: argparse.Namespace, dtype: str, work: Path) -> dict[str,
         raise RuntimeError(f"nodegraph child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     data = json.loads(line[len("RESULT "):])
     return {"first_image_s": data["first"]["end"] - launch, "rerun_s": data["rerun"]["seconds"],
-            "steps": data["first"]["steps"] + data["rerun"]["steps"]}
+            "steps_first": data["first"]["steps"], "steps": data["rerun"]["steps"]}
 
 
 # --- ComfyUI server -----------------------------------------------------------------------------------
@@ -145,21 +150,31 @@ def comfy_prompt(port: int, ws: Any, client_id: str, graph: dict[str, Any]) -> t
             return time.time() - start, stamps
 
 
-def run_comfy(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run_server(args: argparse.Namespace, work: Path, engine: str) -> dict[str, Any]:
+    """Start a server (ComfyUI's, or ``nodegraph serve``: it speaks the same protocol), queue the job and
+    its seed-changed rerun over HTTP, follow the progress on the websocket, stop the server."""
     from websockets.sync.client import connect
 
     port, client_id = free_port(), uuid.uuid4().hex
     launch = time.time()
-    log = open(work / "comfy.log", "a")  # noqa: SIM115 - closed below, after the server stops
-    server = subprocess.Popen(
-        [args.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-         "--base-directory", str(work), "--output-directory", str(work / "out"), "--dont-print-server"],
-        cwd=args.comfy_dir, stdout=log, stderr=subprocess.STDOUT)
+    log = open(work / f"{engine}.log", "a")  # noqa: SIM115 - closed below, after the server stops
+    if engine == "comfy":
+        cmd = [args.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+               "--base-directory", str(work), "--output-directory", str(work / "out"), "--dont-print-server"]
+        cwd, env = args.comfy_dir, None
+    else:  # nodegraph's server with what a user gets by default (dtype auto), its state beside the bench's runs
+        # The checkpoint may be a link out of the models folder: its real folder is readable too.
+        real = (work / "models" / "checkpoints" / CKPT).resolve().parent
+        cmd = [sys.executable, "-m", "nodegraph", "serve", "--port", str(port), "--models-dir", str(work / "models"),
+               "--models-dir", str(real), "--input-dir", str(work / "input"), "--output-dir", str(work / "out"),
+               "--cache-dir", str(work / "ng-state"), "--no-cache"]  # results of earlier rounds would be reused
+        cwd, env = str(ROOT), {**os.environ, "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         ws = None
         while ws is None:
             if server.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited ({server.returncode}); see {work / 'comfy.log'}")
+                raise RuntimeError(f"{engine} exited ({server.returncode}); see {work / f'{engine}.log'}")
             try:
                 ws = connect(f"ws://127.0.0.1:{port}/ws?clientId={client_id}", max_size=None)
             except OSError:
@@ -172,7 +187,8 @@ def run_comfy(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         server.terminate()
         server.wait(timeout=60)
         log.close()
-    return {"first_image_s": first_image, "rerun_s": rerun, "steps": step_times(first_steps) + step_times(rerun_steps)}
+    return {"first_image_s": first_image, "rerun_s": rerun, "steps_first": step_times(first_steps),
+            "steps": step_times(rerun_steps)}
 
 
 # --- the comparison -----------------------------------------------------------------------------------
@@ -198,6 +214,23 @@ def prepare(args: argparse.Namespace, work: Path) -> None:
     rgba.resize((args.size, args.size)).save(work / "input" / IMAGE)
 
 
+def compare_images(out: Path, dtypes: list[str]) -> dict[str, dict[str, float]]:
+    """Each nodegraph precision's first image (seed 1) against dtype=float32's: max and mean abs difference
+    in 0..1 pixels."""
+    import numpy as np
+
+    if "float32" not in dtypes:
+        return {}
+    reference = np.load(out / "nodegraph_float32.npy")
+    found = {}
+    for dtype in dtypes:
+        if dtype != "float32":
+            diff = np.abs(np.load(out / f"nodegraph_{dtype}.npy") - reference)
+            found[dtype] = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}
+            print(f"image of dtype={dtype} vs float32 (seed 1): max abs {diff.max():.4f}, mean abs {diff.mean():.5f}")
+    return found
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -211,7 +244,9 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--engines", default="comfy,float32,auto", help="which to run, in round order")
+    p.add_argument("--engines", default="comfy,float32,auto",
+                   help="which to run, in round order: comfy, float32, auto (nodegraph in a process), "
+                        "server (nodegraph serve, dtype auto)")
     p.add_argument("--work", help="folder for the job (default: a new temp folder)")
     p.add_argument("--no-warmup", action="store_true",
                    help="skip nodegraph's uncounted first run (the --work folder already holds its conversion)")
@@ -228,7 +263,7 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="vs_comfyui."))
     prepare(args, work)
     engines = args.engines.split(",")
-    if any(e != "comfy" for e in engines) and not args.no_warmup:  # one-time single-file conversion and fingerprint, not counted
+    if any(e not in ("comfy", "server") for e in engines) and not args.no_warmup:  # one-time single-file conversion and fingerprint, not counted
         t = time.time()
         run_nodegraph(args, "float32", work)
         print(f"nodegraph preparation run (single-file conversion kept in its state dir): {time.time() - t:.1f} s",
@@ -237,26 +272,32 @@ def main() -> None:
     for r in range(args.rounds):
         order = engines if r % 2 == 0 else engines[::-1]
         for e in order:
-            res = run_comfy(args, work) if e == "comfy" else run_nodegraph(args, e, work)
+            res = run_server(args, work, e) if e in ("comfy", "server") else run_nodegraph(args, e, work)
             results[e].append(res)
-            print(f"round {r + 1} {e}: step {median(res['steps']):.3f} s (median of {len(res['steps'])}), first image "
-                  f"{res['first_image_s']:.1f} s, warm rerun {res['rerun_s']:.1f} s", flush=True)
+            print(f"round {r + 1} {e}: warm step {median(res['steps']):.3f} s, first-run step "
+                  f"{median(res['steps_first']):.3f} s, first image {res['first_image_s']:.1f} s, warm rerun "
+                  f"{res['rerun_s']:.1f} s", flush=True)
     summary = {e: {"step_s": median([s for res in rs for s in res["steps"]]),
+                   "first_run_step_s": median([s for res in rs for s in res["steps_first"]]),
                    "first_image_s": median([res["first_image_s"] for res in rs]),
                    "rerun_s": median([res["rerun_s"] for res in rs])} for e, rs in results.items()}
     print(f"\n{args.size}x{args.size}, {args.steps} steps, euler, CFG 7; medians over {args.rounds} rounds")
-    print(f"{'engine':<22}{'per step':>10}{'first image':>13}{'warm rerun':>12}")
+    print(f"{'engine':<24}{'warm step':>10}{'first-run step':>16}{'first image':>13}{'warm rerun':>12}")
     for e, s in summary.items():
-        name = "ComfyUI (--cpu)" if e == "comfy" else f"nodegraph dtype={e}"
-        print(f"{name:<22}{s['step_s']:>9.3f}s{s['first_image_s']:>12.1f}s{s['rerun_s']:>11.1f}s")
+        name = {"comfy": "ComfyUI (--cpu)", "server": "nodegraph serve (auto)"}.get(e, f"nodegraph dtype={e}")
+        print(f"{name:<24}{s['step_s']:>9.3f}s{s['first_run_step_s']:>15.3f}s{s['first_image_s']:>12.1f}s"
+              f"{s['rerun_s']:>11.1f}s")
     if "comfy" in summary:
         base = summary["comfy"]
         for e, s in summary.items():
             if e != "comfy":
-                print(f"ratio nodegraph {e} / ComfyUI: per step {s['step_s'] / base['step_s']:.2f}, first image "
+                print(f"ratio nodegraph {e} / ComfyUI: warm step {s['step_s'] / base['step_s']:.2f}, first-run step "
+                      f"{s['first_run_step_s'] / base['first_run_step_s']:.2f}, first image "
                       f"{s['first_image_s'] / base['first_image_s']:.2f}, warm rerun "
                       f"{s['rerun_s'] / base['rerun_s']:.2f}")
-    (work / "summary.json").write_text(json.dumps({"summary": summary, "rounds": results}, indent=1))
+    quality = compare_images(work / "out", [e for e in engines if e not in ("comfy", "server")])
+    (work / "summary.json").write_text(json.dumps({"summary": summary, "rounds": results, "quality": quality},
+                                                  indent=1))
     print(f"details: {work / 'summary.json'}")
 
 

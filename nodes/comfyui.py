@@ -146,12 +146,23 @@ def _ksampler(inputs: Inputs) -> Expanded:
 
 
 def _ksampler_advanced(inputs: Inputs) -> Expanded:
-    # ComfyUI counts in steps; diffusers' denoising_start/end are fractions of the schedule.
     steps = int(inputs.get("steps", 20))
     start, end = int(inputs.get("start_at_step", 0)), int(inputs.get("end_at_step", 10000))
-    return _sample(inputs, inputs.get("noise_seed", 0), strength=1.0,
-                   denoising_start=start / steps if 0 < start < steps else None,
-                   denoising_end=end / steps if 0 < end < steps else None)
+    add_noise = inputs.get("add_noise", "enable") != "disable"
+    if start == 0 and end >= steps:  # the whole schedule: KSampler with another name for its seed
+        return _sample(inputs, inputs.get("noise_seed", 0), strength=1.0, add_noise=add_noise)
+    # A part of the schedule, cut by step index as ComfyUI cuts it (not diffusers' denoising_start/end
+    # fractions, which round differently): the sigmas of the whole schedule, the range, then Sample on them.
+    sampler = comfy_sampler(inputs.get("sampler_name", "euler"))
+    expanded = _sample(inputs, inputs.get("noise_seed", 0), add_noise=add_noise, sigmas=["@range", "sigmas"],
+                       **({"strength": 1.0} if start == 0 else {}))
+    expanded["sched"] = {"type": "Schedule", "inputs": {
+        "unet": inputs["model"], "sampler": sampler, "scheduler": comfy_scheduler(inputs.get("scheduler", "normal")),
+        "steps": steps}}
+    expanded["range"] = {"type": "StepRange", "inputs": {
+        "sigmas": ["@sched", "sigmas"], "start": start, "end": end,
+        "denoise_to_zero": inputs.get("return_with_leftover_noise", "disable") != "enable"}}
+    return expanded
 
 
 _SAMPLER_INPUTS = (
@@ -178,8 +189,9 @@ KSAMPLER_ADVANCED = _cls(
      _link("negative", "CONDITIONING"), _link("latent_image", "LATENT"), _int("start_at_step", 0, 0, 10000),
      _int("end_at_step", 10000, 0, 10000), _combo("return_with_leftover_noise", ("disable", "enable"))),
     ("LATENT",), category="sampling", display="KSampler (Advanced)",
-    notes="start/end_at_step become diffusers' denoising_start/end fractions (a base + refiner split); "
-          "`add_noise` and `return_with_leftover_noise` follow from them and are otherwise ignored. Noise as KSampler.")
+    notes="start/end_at_step cut the schedule by step index, as ComfyUI does (Schedule -> StepRange -> Sample on "
+          "those sigmas); `add_noise: disable` starts from the latent as it is; `return_with_leftover_noise: disable` "
+          "with an early end takes the last step to sigma 0. Noise as KSampler.")
 
 
 # ---- loaders and conditioning -------------------------------------------------------------------
@@ -226,7 +238,9 @@ def _inpaint_conditioning(inputs: Inputs) -> Expanded:
 
 
 def _noise_mask(inputs: Inputs) -> Expanded:
-    return {"": {"type": "DownsampleMask", "inputs": {"latent": inputs["samples"], "mask": inputs["mask"]}}}
+    # ComfyUI keeps the noise mask soft (resized to the latent when sampling): DifferentialDiffusion needs it
+    return {"": {"type": "DownsampleMask", "inputs": {"latent": inputs["samples"], "mask": inputs["mask"],
+                                                     "mode": "area"}}}
 
 
 LATENTS = (
@@ -247,8 +261,8 @@ LATENTS = (
                "diffusers' inpainting pipeline builds them). The mask is binarised at 0.5."),
     _cls("SetLatentNoiseMask", _noise_mask, (("", "latent"),), (_link("samples", "LATENT"), _link("mask", "MASK")),
          ("LATENT",), category="latent/inpaint", display="Set Latent Noise Mask",
-         notes="The mask is binarised at 0.5 and downsampled by nearest neighbour (diffusers); ComfyUI keeps a soft "
-               "mask."),
+         notes="The mask stays soft: each latent cell takes the repainted fraction of its 8x8 pixels (ComfyUI "
+               "resizes bilinearly); a binary mask with edges on the 8-pixel grid stays binary."),
     _cls("EmptyLatentImage", _one("EmptyLatent", width="<width>", height="<height>", batch_size="<batch_size>"),
          (("", "latent"),),
          (_int("width", 512, 16, MAX_RESOLUTION, 8), _int("height", 512, 16, MAX_RESOLUTION, 8),

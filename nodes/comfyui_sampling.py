@@ -90,6 +90,11 @@ CUSTOM_SAMPLING = (
           _link("latent_image", "LATENT")),
          ("LATENT", "LATENT"), ("output", "denoised_output"), category="sampling/custom_sampling",
          notes=_CUSTOM_NOTE),
+    _cls("DifferentialDiffusion", _one("DifferentialDiffusion", unet="<model>", strength="<strength>"),
+         (("", "unet"),), (_link("model", "MODEL"), _float("strength", 1.0, 0.0, 1.0, 0.01, optional=True)),
+         ("MODEL",), category="_for_testing", display="Differential Diffusion",
+         notes="Acts on the mask blend of 4-channel UNets (SetLatentNoiseMask keeps the mask soft); a 9-channel "
+               "inpainting UNet is an error. strength 0 keeps the soft mask (ComfyUI's treats 0 as 1)."),
 )
 
 SCHEDULES = (

@@ -188,15 +188,17 @@ def LoadVAE(
 
     source: a diffusers VAE folder or hub repo, a pipeline whose vae/ is used, or a single .safetensors VAE
     (ComfyUI's models/vae files; converted once, with the SDXL VAE config unless ``config`` says otherwise).
-    dtype auto: float32 on the CPU; on an accelerator float16 when the VAE's config says it is safe in
-    float16 (``force_upcast: false``, e.g. the fp16-fix SDXL VAE), else float32.
+    dtype auto: float32 on the CPU (bf16 loses detail in a VAE); on an accelerator float16 when the VAE's
+    config says it is safe in float16 (``force_upcast: false``, e.g. the fp16-fix SDXL VAE), else float32.
     """
     src = component_source(source, "vae", config)
     cfg = _read_json(Path(src.path) / "vae" / "config.json")
     dev = resolve_device(device)
-    vae_dtype = resolve_dtypes(dtype, dev)[0]
+    model_dtype, vae_dtype = resolve_dtypes(dtype, dev)
+    if dtype == "auto" and model_dtype == "float16" and not cfg.get("force_upcast", True):
+        vae_dtype = "float16"  # a VAE fixed for float16 (fp16-fix) runs in it on accelerators
     if vae_dtype == "float16" and cfg.get("force_upcast", True):
-        vae_dtype = "float32"
+        vae_dtype = "float32"  # SDXL's own VAE overflows in float16
     return vae_handle(ModelRef(src, vae_dtype, dev), cfg)
 
 

@@ -158,11 +158,16 @@ class ControlledUNet:
         for g in self.groups:
             if not g.hint.active(i, self.steps):
                 continue  # diffusers runs it with scale 0: adding zeros changes nothing
-            d, m = g.model(latents, t, encoder_hidden_states=encoder_hidden_states, controlnet_cond=g.image,
-                           conditioning_scale=g.hint.strength, added_cond_kwargs=added_cond_kwargs,
+            # A ControlNet may compute in another dtype than the UNet (loaded on its own): inputs go in its
+            # dtype, residuals come back in the UNet's.
+            cn = g.image.dtype
+            added = {k: v.to(cn) for k, v in added_cond_kwargs.items()}
+            d, m = g.model(latents.to(cn), t, encoder_hidden_states=encoder_hidden_states.to(cn),
+                           controlnet_cond=g.image, conditioning_scale=g.hint.strength, added_cond_kwargs=added,
                            return_dict=False)
             if g.rows is not None:
                 d, m = [r * g.rows for r in d], m * g.rows
+            d, m = [r.to(x.dtype) for r in d], m.to(x.dtype)
             down = list(d) if down is None else [a + b for a, b in zip(down, d, strict=True)]
             mid = m if mid is None else mid + m
         if down is not None:

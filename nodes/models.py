@@ -95,6 +95,8 @@ class UNetHandle:
     time_cond_proj_dim: int | None
     addition_time_embed_dim: int
     scheduler_config: str  # JSON text (frozen and hashable)
+    # Differential diffusion's strength (nodes.sampling.DifferentialDiffusion); None: the mask as it is.
+    differential: float | None = None
 
 
 @dataclass(frozen=True)
@@ -306,11 +308,9 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtypes(dtype: str, device: str) -> tuple[str, str]:
-    """(model dtype, VAE dtype) for every loader. ``auto``: float16 on accelerators with the VAE in float32,
-    else float32. Not yet bf16 on CPUs with native bf16 (``nodes.memory.choose_dtypes`` can): Sample still
-    keeps its latents and scheduler arithmetic in the UNet's dtype and ControlNet residuals are not cast, so
-    a bf16 UNet would cost accuracy and break ControlNet; ``dtype="bfloat16"`` asks for it explicitly."""
-    return choose_dtypes(dtype, device, bf16=False)
+    """(model dtype, VAE dtype) for every loader: ``nodes.memory.choose_dtypes`` asking this CPU whether it
+    has native bf16 (float16 on accelerators, bf16 or float32 on CPUs, the VAE float32 under ``auto``)."""
+    return choose_dtypes(dtype, device)
 
 
 def _source_fingerprint(source: str, variant: str | None = None, config: str | None = None, **_: Any) -> str:

@@ -252,7 +252,7 @@ def regional_rows(unet: UNetHandle, positive: Conditioning, negative: Conditioni
             embeds.append(emb.repeat(1, -(-length // emb.shape[1]), 1)[:, :length])
             pooled.append(_to_batch(e.pooled, batch, "conditioning pooled").to(device, dtype))
             time_ids.append(torch.tensor([entry_ids], dtype=dtype, device=device).repeat(batch, 1))
-            weights.append(_entry_weight(e, unet, batch, latent_size, device, dtype))
+            weights.append(_entry_weight(e, unet, batch, latent_size, device, torch.float32))
             high.append((1 - e.start) * total)
             low.append((1 - e.end) * total)
     regions = Regions(len(sides[0][0]) if cfg else 0, tuple(weights), tuple(high), tuple(low))
@@ -284,11 +284,13 @@ def guided_denoiser(model: Any, scheduler: Any, cond: GuidanceRows, *, concat: t
 
     def denoise(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x = torch.cat([latents] * cond.rows) if cond.rows > 1 else latents
-        x = scheduler.scale_model_input(x, t)
+        x = scheduler.scale_model_input(x, t).to(cond.embeds.dtype)
         if concat is not None:
             x = torch.cat([x, concat], dim=1)
+        # Latents and the guidance arithmetic stay float32 whatever the UNet computes in (as ComfyUI keeps
+        # them): a bf16 UNet then costs only its own rounding, not a rounding of the latents every step.
         pred = model(x, t, encoder_hidden_states=cond.embeds, timestep_cond=timestep_cond,
-                     added_cond_kwargs=added, return_dict=False)[0]
+                     added_cond_kwargs=added, return_dict=False)[0].to(latents.dtype)
         if cond.regions is not None:
             sides = cond.regions.combine(pred, t)
             if len(sides) == 1:
@@ -334,17 +336,34 @@ def set_schedule(sched: Any, sampler: str, scheduler: str, steps: int, strength:
     return sched.timesteps
 
 
+def differential_mask(mask: torch.Tensor, t: float, t_start: float, strength: float = 1.0) -> torch.Tensor:
+    """Differential diffusion (Levin & Fried 2023): at timestep ``t`` of a run that started at ``t_start``,
+    a cell is repainted when its mask value is at least ``t / t_start``, so a cell of value 0.3 is held to
+    the original for the first 70% of the (timestep) schedule and free after. ``strength`` < 1 mixes the
+    soft mask back in, as ComfyUI's node does."""
+    threshold = t / t_start if t_start > 0 else 0.0
+    binary = (mask >= threshold).to(mask.dtype)
+    return binary if strength >= 1.0 else strength * binary + (1 - strength) * mask
+
+
 def _blend_callback(sched: Any, image: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor,
-                    timesteps: torch.Tensor, final_sigma: float) -> Callable[[int, torch.Tensor], torch.Tensor]:
-    """4-channel inpainting: outside the mask, follow the original re-noised to the next step's level."""
+                    timesteps: torch.Tensor, final_sigma: float, differential: float | None = None
+                    ) -> Callable[[int, torch.Tensor], torch.Tensor]:
+    """4-channel inpainting: outside the mask, follow the original re-noised to the next step's level.
+
+    differential: the mask of step i is ``differential_mask`` at that step's timestep (the threshold falls
+    from 1 at the first step towards 0 at t = 0, as in ComfyUI's DifferentialDiffusion)."""
     import torch
+
+    t_start = float(timesteps[0])
 
     def blend(i: int, latents: torch.Tensor) -> torch.Tensor:
         if i < len(timesteps) - 1:
             init = sched.add_noise(image, noise, torch.tensor([timesteps[i + 1]]))
         else:  # a schedule cut before 0 (SplitSchedule's first half) ends at a noise level, not the image
             init = image + noise * final_sigma if final_sigma > 0 else image
-        return (1 - mask) * init + mask * latents
+        m = mask if differential is None else differential_mask(mask, float(timesteps[i]), t_start, differential)
+        return (1 - m) * init + m * latents
 
     return blend
 
@@ -435,11 +454,12 @@ def Sample(
 
     # Initial latents and noise.
     batch = batch_size * latent.samples.shape[0] if latent.samples.shape[0] > 1 else batch_size
-    image_latents = _to_batch(latent.samples, batch, "latent").to(device, dtype)
+    work = torch.float32  # latents, noise, masks and scheduler arithmetic; the UNet's inputs take its dtype
+    image_latents = _to_batch(latent.samples, batch, "latent").to(device, work)
     h, w = image_latents.shape[-2:]
     generators = [torch.Generator("cpu").manual_seed((seed + i) % (SEED_MAX + 1)) for i in range(batch)]
     noise = randn_tensor((batch, 4, h, w), generator=generators, device=torch.device("cpu"), dtype=torch.float32)
-    noise = noise.to(device, dtype)
+    noise = noise.to(device, work)
     if denoising_start is not None or not add_noise:
         latents = image_latents  # continuing a run that stopped early: no new noise
     elif latent.empty or strength == 1.0:
@@ -455,9 +475,9 @@ def Sample(
                              "(VAEEncode with a mask, then DownsampleMask)")
         if latent.empty:
             raise ValueError("a 9-channel inpainting UNet needs an image to inpaint, not an EmptyLatent")
-        masked = _to_batch(latent.masked, batch, "masked latents").to(device, dtype)
+        masked = _to_batch(latent.masked, batch, "masked latents").to(device, work)
     if latent.mask is not None:
-        mask = _to_batch(latent.mask, batch, "mask").to(device, dtype)
+        mask = _to_batch(latent.mask, batch, "mask").to(device, work)
 
     # Conditioning and the guided denoiser.
     height, width = h * unet.vae_scale_factor, w * unet.vae_scale_factor
@@ -474,7 +494,7 @@ def Sample(
                                 (h, w))
     concat = None
     if nine_channel:
-        concat = torch.cat([mask, masked], dim=1).repeat(cond.rows, 1, 1, 1)  # type: ignore[list-item]
+        concat = torch.cat([mask, masked], dim=1).to(dtype).repeat(cond.rows, 1, 1, 1)  # type: ignore[list-item]
     timestep_cond = None
     if unet.time_cond_proj_dim is not None:
         w_embed = torch.tensor(guidance_scale - 1).repeat(batch)
@@ -497,7 +517,12 @@ def Sample(
     on_step = None
     if not nine_channel and mask is not None:
         final_sigma = float(sigmas[-1]) if sigmas is not None else 0.0
-        on_step = _blend_callback(sched, image_latents, noise, mask, visited, final_sigma)
+        on_step = _blend_callback(sched, image_latents, noise, mask, visited, final_sigma, unet.differential)
+    elif unet.differential is not None:
+        raise ValueError("DifferentialDiffusion works on the mask blend of a 4-channel UNet (a base model with "
+                         "SetLatentNoiseMask / DownsampleMask); this sampler has "
+                         + ("a 9-channel inpainting UNet, which takes the mask as input" if nine_channel
+                            else "no mask on its latent"))
 
     max_size = ctx.previews.max_size if ctx.previews is not None else 512
     progress = ctx.progress(len(visited))
@@ -510,7 +535,18 @@ def Sample(
             # The scheduler's estimate of the clean latents when it gives one (Euler, DDIM...), else the latents.
             shown = out[1] if len(out) > 1 and isinstance(out[1], torch.Tensor) else latents
             progress.update(1, preview=partial(latent_preview, shown, max_size))
-    return latent.replace(samples=latents.float().contiguous(), empty=False)
+    return latent.replace(samples=latents.contiguous(), empty=False)
+
+
+@node(category="sampling/inpaint", version=1)
+def DifferentialDiffusion(unet: UNetHandle, strength: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+                          ) -> UNetHandle:
+    """Soft-mask inpainting: with a soft mask (DownsampleMask mode=area, a feathered or blurred mask) each
+    latent cell joins the repainting when the noise level falls below its mask value, so mask 0.3 changes a
+    little and late, mask 1 fully (4-channel UNets). strength < 1 mixes the soft mask back in."""
+    import dataclasses
+
+    return dataclasses.replace(unet, differential=float(strength))
 
 
 # ---- ComfyUI's custom sampling: a sampler, noise and a guider as values, then SampleCustom ------------

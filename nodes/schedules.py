@@ -200,6 +200,24 @@ def SplitSchedule(sigmas: Sigmas, step: Annotated[int, Field(ge=0)] = 0) -> Spli
 
 
 @node(category="sampling/schedules", version=1)
+def StepRange(sigmas: Sigmas, start: Annotated[int, Field(ge=0)] = 0, end: Annotated[int, Field(ge=0)] = 10000,
+              denoise_to_zero: bool = False) -> Sigmas:
+    """Steps start..end-1 of a schedule (ComfyUI's KSamplerAdvanced start_at_step / end_at_step).
+
+    denoise_to_zero: when ``end`` stops the schedule early, its last sigma becomes 0, so the run ends on a
+    clean latent instead of at that step's noise level (return_with_leftover_noise=disable)."""
+    cut = list(sigmas)
+    if end < len(cut) - 1:
+        cut = cut[: end + 1]
+        if denoise_to_zero:
+            cut[-1] = 0.0
+    if start >= len(cut) - 1:
+        raise ValueError(f"start {start} leaves no step of this {len(cut) - 1}-step range (end {end}, "
+                         f"{len(sigmas) - 1} steps in all)")
+    return cut[start:]
+
+
+@node(category="sampling/schedules", version=1)
 def FlipSchedule(sigmas: Sigmas) -> Sigmas:
     """Reverse a schedule (for unsampling); a leading 0 becomes a tiny positive sigma, as in ComfyUI."""
     flipped = list(reversed(sigmas))

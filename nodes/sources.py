@@ -127,8 +127,32 @@ def resolve_path(source: str, variant: str | None = None) -> tuple[Path, Literal
     return Path(source).expanduser(), kind
 
 
+HUB_BLOB = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+
+
+def hub_blob_digest(path: Path) -> str | None:
+    """The content digest a Hugging Face cache already names a file by, or None.
+
+    A hub snapshot's files are links into ``blobs/``, named by the file's git object id: the sha256 of an
+    LFS file (every weight file), the git sha1 of a small one. Downloads are checked against it, so hashing
+    gigabytes of weights again would only re-derive a name we already have. A blob edited in place would go
+    unnoticed (the hub cache is not meant to be edited); a copy of the same file outside the cache gets its
+    own blake2b digest, so the two do not share cache entries.
+    """
+    if not path.is_symlink():
+        return None
+    target = path.resolve()
+    if target.parent.name == "blobs" and HUB_BLOB.match(target.name) and target.is_file():
+        return f"hub-blob:{target.name}"
+    return None
+
+
 def _file_digest(path: Path, memo_dir: Path) -> str:
-    """blake2b of a file's bytes, memoised on disk by (path, size, mtime) so it is paid once per version."""
+    """blake2b of a file's bytes, memoised on disk by (path, size, mtime) so it is paid once per version;
+    files in a hub cache use the digest the cache names them by (hub_blob_digest)."""
+    named = hub_blob_digest(path)
+    if named is not None:
+        return named
     st = path.stat()
     ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     memo = memo_dir / (hashlib.blake2b(ident.encode(), digest_size=16).hexdigest() + ".json")

@@ -73,3 +73,57 @@ def test_unmapped_class_type_is_a_validation_error_naming_it():
         validate(graph_from_data(data))
     (issue,) = info.value.issues
     assert issue.node == "31" and issue.input == "sampler_name" and "euler_cfg_pp" in issue.message
+
+
+def _advanced(base: dict, node: str, latent: list, **inputs: object) -> dict:
+    """ComfyUI's KSamplerAdvanced in place of the prompt's KSampler (same model, prompts, seed)."""
+    ks = base["3"]["inputs"]
+    base[node] = {"class_type": "KSamplerAdvanced", "inputs": {
+        "add_noise": "enable", "noise_seed": ks.get("seed", ks.get("noise_seed")), "steps": ks["steps"], "cfg": ks["cfg"],
+        "sampler_name": ks["sampler_name"], "scheduler": ks["scheduler"], "positive": ks["positive"],
+        "negative": ks["negative"], "model": ks["model"], "latent_image": latent, "start_at_step": 0,
+        "end_at_step": 10000, "return_with_leftover_noise": "disable", **inputs}}
+    return base
+
+
+def test_step_range_cuts_as_comfyui_does():
+    from nodes.schedules import StepRange
+
+    sigmas = [14.6, 7.0, 3.0, 1.0, 0.0]
+    assert StepRange(sigmas, start=0, end=2) == [14.6, 7.0, 3.0]  # leftover noise: ends at sigma[2]
+    assert StepRange(sigmas, start=0, end=2, denoise_to_zero=True) == [14.6, 7.0, 0.0]
+    assert StepRange(sigmas, start=2, end=10000, denoise_to_zero=True) == [3.0, 1.0, 0.0]  # already ends at 0
+    with pytest.raises(ValueError, match="leaves no step"):
+        StepRange(sigmas, start=2, end=2)
+
+
+@pytest.mark.slow
+def test_ksampler_advanced_halves_equal_the_whole_run(builtin_models_dir, at_root, tmp_path):
+    """Base 0-2 with leftover noise, then 2-end without new noise: Euler visits the same sigmas as one run."""
+    prompt = json.loads((COMFY / "inpaint_api.json").read_text())
+    whole = Engine().run(graph_from_data(json.loads(json.dumps(prompt))), output_dir=tmp_path)["3"]["latent"]
+    split = _advanced(json.loads(json.dumps(prompt)), "3", ["20", 2], end_at_step=2,
+                      return_with_leftover_noise="enable")
+    split = _advanced(split, "30", ["3", 0], add_noise="disable", start_at_step=2)
+    split["8"]["inputs"]["samples"] = ["30", 0]
+    graph = graph_from_data(split)
+    assert graph.nodes["3.range"].type == "StepRange" and graph.nodes["30"].inputs["add_noise"] is False
+    result = Engine().run(graph, output_dir=tmp_path)
+    assert float((result["30"]["latent"].samples - whole.samples).abs().max()) <= 1e-4
+
+
+@pytest.mark.slow
+def test_ksampler_advanced_honours_add_noise_and_leftover_noise(builtin_models_dir, at_root, tmp_path):
+    prompt = json.loads((COMFY / "inpaint_api.json").read_text())
+
+    def latent(**inputs: object) -> torch.Tensor:
+        graph = graph_from_data(_advanced(json.loads(json.dumps(prompt)), "3", ["20", 2], **inputs))
+        leftover = inputs.get("return_with_leftover_noise") == "enable"
+        assert graph.nodes["3.range"].inputs["denoise_to_zero"] is not leftover
+        assert graph.nodes["3"].inputs["add_noise"] is (inputs.get("add_noise") != "disable")
+        return Engine().run(graph, output_dir=tmp_path, outputs=["3"])["3"]["latent"].samples
+
+    noisy, clean = latent(end_at_step=2, return_with_leftover_noise="enable"), latent(end_at_step=2)
+    assert float((noisy - clean).abs().max()) > 0.1  # stopped at sigma[2] vs taken on to sigma 0
+    late_noise, late_none = latent(start_at_step=2), latent(start_at_step=2, add_noise="disable")
+    assert float((late_noise - late_none).abs().max()) > 0.1  # enable adds noise at sigma[2]; disable does not

@@ -153,7 +153,7 @@ def test_load_vae_from_a_bare_hub_repo_offline(tiny_models, other_vae, tmp_path,
 def test_load_unet_equals_checkpoint_unet(tiny_models, tmp_path, bare):
     source = tiny_models[9] / "unet" if bare else tiny_models[9]
     g = inpaint_graph(str(tiny_models[9]), steps=STEPS)
-    g.set_input("sample", "unet", g.add("LoadUNet", id="unet", source=str(source)).unet.link())
+    g.set_input("sample", "unet", g.add("LoadUNet", id="unet", source=str(source), dtype="float32").unet.link())
     assert np.array_equal(run_images(g, tmp_path), run_images(inpaint_graph(str(tiny_models[9]), steps=STEPS),
                                                                tmp_path))
 
@@ -162,7 +162,7 @@ def test_load_unet_equals_checkpoint_unet(tiny_models, tmp_path, bare):
 @pytest.mark.parametrize("last_layer, clip_skip", [(-1, -1), (-2, None), (-3, 1)])
 def test_set_clip_last_layer_matches_diffusers_clip_skip(tiny_models, tmp_path, last_layer, clip_skip):
     g = Graph()
-    ckpt = g.add("LoadCheckpoint", id="ckpt", source=str(tiny_models[4]))
+    ckpt = g.add("LoadCheckpoint", id="ckpt", source=str(tiny_models[4]), dtype="float32")
     clip = g.add("SetClipLastLayer", id="skip", clip=ckpt.clip, last_layer=last_layer).clip
     g.add("EncodePrompt", id="enc", clip=clip, prompt="a red apple", weighting=False)
     got = Engine().run(g, output_dir=tmp_path, outputs=["enc"])["enc"]["conditioning"]

@@ -69,7 +69,7 @@ def control_graph(model: Path, controlnets: list[Path], scales: list[float], sta
     canny = g.add("Canny", id="canny", image=g["image"].image, **CANNY)
     pos, neg = g["positive"].conditioning, g["negative"].conditioning
     for i, (path, scale, start, end) in enumerate(zip(controlnets, scales, starts, ends, strict=True)):
-        cn = g.add("LoadControlNet", id=f"cn{i}", source=str(path))
+        cn = g.add("LoadControlNet", id=f"cn{i}", source=str(path), dtype="float32")
         apply = g.add("ApplyControlNet", id=f"apply{i}", positive=pos, negative=neg, control_net=cn.control_net,
                       image=canny.image, strength=scale, start_percent=start, end_percent=end)
         pos, neg = apply.positive, apply.negative
@@ -105,6 +105,22 @@ def test_two_stacked_controlnets_match_multicontrolnet(tiny_models, controlnets,
     expected = reference(tiny_models[9], controlnets, edges, *args)
     got = images(control_graph(tiny_models[9], controlnets, *args), tmp_path)
     assert float(np.abs(got - expected).max()) <= TOL
+
+
+@pytest.mark.parametrize("controlnet_dtype", ["auto", "float32"])
+def test_controlnet_under_auto_bf16_is_close_to_float32(tiny_models, controlnets, tmp_path, monkeypatch,
+                                                        controlnet_dtype):
+    """On a CPU with native bf16, ``auto`` gives a bf16 UNet; its ControlNet may be bf16 too or float32
+    (loaded with its own dtype): inputs and residuals are cast at the boundary either way."""
+    from nodes import memory
+
+    reference_image = images(control_graph(tiny_models[9], controlnets[:1], [1.0], [0.0], [1.0]), tmp_path)
+    monkeypatch.setattr(memory, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    g = control_graph(tiny_models[9], controlnets[:1], [1.0], [0.0], [1.0])
+    g.set_input("checkpoint", "dtype", "auto")
+    g.set_input("cn0", "dtype", controlnet_dtype)
+    got = images(g, tmp_path)
+    assert 0 < float(np.abs(got - reference_image).max()) <= 0.1  # bf16 rounding, as tests/test_perf_options.py
 
 
 def test_controlled_and_plain_graphs_share_one_engine(tiny_models, controlnets, tmp_path):

@@ -11,6 +11,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -30,7 +31,7 @@ if CHROMIUM is None:
 if importlib.util.find_spec("comfyui_frontend_package") is None:
     pytest.skip("the editor is not installed (pip install -e '.[ui]')", allow_module_level=True)
 
-from playwright.sync_api import ConsoleMessage, Page, Response, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, ConsoleMessage, Page, Response, sync_playwright  # noqa: E402
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError  # noqa: E402
 
 DEFAULT_TITLES = {"checkpoint", "image", "mask", "positive", "negative", "encode", "latent_mask", "sample", "decode",
@@ -135,17 +136,34 @@ UPLOAD_WITH_MASK = """async () => {
 }"""
 
 
-def test_editor_end_to_end(served: Served, tmp_path: Path) -> None:
-    artifacts = tmp_path / "screenshots"
-    artifacts.mkdir()
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """Debian's headless Chromium, driven by Playwright."""
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            log = PageLog(page, served.url)
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_editor(browser: Browser, origin: str, path: str = "/", width: int = 1440, height: int = 900
+                ) -> tuple[Page, PageLog]:
+    """A new page on the editor, once its graph has loaded, with the log of its errors."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    log = PageLog(page, origin)
+    page.goto(origin + path)
+    page.wait_for_function(GRAPH_READY, timeout=90_000)
+    return page, log
+
+
+def test_editor_end_to_end(served: Served, tmp_path: Path) -> None:
+    artifacts = tmp_path / "screenshots"
+    artifacts.mkdir()
+    with chromium() as browser:
+        try:
             # 1. boot: the default graph is nodegraph's SDXL inpainting workflow
-            page.goto(served.url + "/")
-            page.wait_for_function(GRAPH_READY, timeout=90_000)
+            page, log = open_editor(browser, served.url)
             titles = set(page.evaluate("() => app.graph._nodes.map(n => n.title)"))
             assert titles == DEFAULT_TITLES
             links = page.evaluate("() => app.graph.links.size ?? Object.keys(app.graph.links).length")
@@ -259,6 +277,22 @@ def test_editor_end_to_end(served: Served, tmp_path: Path) -> None:
         except Exception:
             shot(page, artifacts, "failed")  # the page as it was when the test failed
             raise
-        finally:
-            browser.close()
     print(f"screenshots: {artifacts} (finished run: {finished})")
+
+
+def test_editor_behind_a_token(tmp_path: Path, builtin_models_dir: Path) -> None:
+    """A server with --token: the page opened once as /?token=... boots and talks to the API and the
+    websocket without further help (the token travels in a cookie); without it the page gets nothing."""
+    s = Served(tmp_path / "server", builtin_models_dir, "--token", "s3cret")
+    try:
+        with chromium() as browser:
+            page, log = open_editor(browser, s.url, "/?token=s3cret", 1280, 800)
+            assert "nodegraph.Sample" in page.evaluate("() => Object.keys(LiteGraph.registered_node_types)")
+            assert page.evaluate("async () => (await fetch('/api/queue')).status") == 200
+            page.wait_for_function("() => window.comfyAPI.api.api.socket?.readyState === 1", timeout=30_000)
+            page.wait_for_timeout(1000)
+            assert log.errors == [], log.errors
+            stranger = browser.new_context().new_page()  # another browser profile: no cookie
+            assert stranger.goto(s.url + "/").status == 401
+    finally:
+        assert s.stop() == 0

@@ -227,3 +227,47 @@ def test_hub_download_fetches_one_set_of_weights(variant, expected):
     allow, ignore = hub_patterns(variant)
     fetched = [f for f in weights + configs if any(fnmatch(f, a) for a in allow) and not any(fnmatch(f, i) for i in ignore)]
     assert fetched == expected + configs
+
+
+def hub_cache_copy(model: Path, cache: Path, repo: str) -> Path:
+    """The model laid out as huggingface_hub caches a download: blobs named by sha256, a snapshot of links."""
+    import hashlib
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    revision = "0" * 40
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(revision)
+    for f in sorted(p for p in model.rglob("*") if p.is_file()):
+        data = f.read_bytes()
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(exist_ok=True)
+        blob.write_bytes(data)
+        link = root / "snapshots" / revision / f.relative_to(model)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(blob)
+    return root / "snapshots" / revision
+
+
+def test_a_hub_cached_model_is_fingerprinted_by_its_blob_names(tiny_models, tmp_path, monkeypatch):
+    import nodes.sources as sources
+
+    repo = "tiny-org/tiny-sdxl-inpaint"
+    snapshot = hub_cache_copy(tiny_models[9], tmp_path / "hub", repo)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))  # read at import
+    monkeypatch.setenv("NODEGRAPH_CACHE_DIR", str(tmp_path / "state"))
+
+    def no_reading(path):
+        raise AssertionError(f"{path} was hashed although the hub cache names its content")
+
+    monkeypatch.setattr(sources, "file_fingerprint", no_reading)
+    found = sources.resolve(repo)  # the real offline hub path: snapshot_download finds the cached snapshot
+    assert Path(found.path) == snapshot and found.kind == "diffusers"
+    assert sources.resolve(str(snapshot)).fingerprint == found.fingerprint
+    # Another blob for the UNet's weights (another version of the file) is another model.
+    weights = snapshot / "unet" / "diffusion_pytorch_model.safetensors"
+    other = weights.resolve().parent / ("f" * 64)
+    other.write_bytes(weights.read_bytes())
+    weights.unlink()
+    weights.symlink_to(other)
+    assert sources.resolve(repo).fingerprint != found.fingerprint

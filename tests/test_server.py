@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -429,6 +430,42 @@ def test_restart_runs_pending_prompts_and_keeps_history(tmp_path, builtin_models
         assert s2.stop() == 0
 
 
+def test_model_names_picked_from_object_info_run_from_the_models_directory(tmp_path, tiny_models):
+    """ComfyUI's layout: <models>/checkpoints/..., loras/, vae/ ...; the editor offers names relative to
+    those folders and a prompt that picks one runs that file (or diffusers folder)."""
+    from tests.original_layout import write_original_layout
+
+    models = tmp_path / "comfy-models"
+    (models / "checkpoints" / "sdxl").mkdir(parents=True)
+    # listed; the tiny architecture's single file would need `config`, which CheckpointLoaderSimple lacks
+    write_original_layout(tiny_models[9], models / "checkpoints" / "sdxl" / "tiny-inpaint.safetensors")
+    shutil.copytree(tiny_models[9], models / "checkpoints" / "sdxl" / "tiny-folder")
+    (models / "loras").mkdir()
+    (models / "loras" / "style.safetensors").write_bytes(b"listed, never loaded here")
+    s = Served(tmp_path / "server", None, "--models-dir", str(models))
+    try:
+        required = s.get("/object_info/CheckpointLoaderSimple").json()["CheckpointLoaderSimple"]["input"]["required"]
+        assert "sdxl/tiny-inpaint.safetensors" in required["ckpt_name"][0]
+        lora = s.get("/object_info/LoraLoader").json()["LoraLoader"]["input"]["required"]["lora_name"][0]
+        assert lora == ["style.safetensors"]
+
+        climbing = json.loads(json.dumps(COMFY_PROMPT))
+        climbing["4"]["inputs"]["ckpt_name"] = "../checkpoints/sdxl/tiny-folder"
+        refused = s.post("/prompt", json={"prompt": climbing})
+        assert refused.status_code == 400 and "4" in refused.json()["node_errors"]
+
+        prompt = json.loads(json.dumps(COMFY_PROMPT))
+        prompt["4"]["inputs"]["ckpt_name"] = "sdxl/tiny-folder"
+        pid, _ = run_prompt(s, {"prompt": prompt})
+        entry = s.get(f"/history/{pid}").json()[pid]
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        assert entry["prompt"][2] == prompt  # shown as sent: the name, not our path
+        (image,) = [i for out in entry["outputs"].values() for i in out.get("images", [])]
+        assert (s.output / image["subfolder"] / image["filename"]).is_file()
+    finally:
+        assert s.stop() == 0
+
+
 # ---- security ------------------------------------------------------------------------------------
 def test_refuses_to_start_on_other_hosts_without_a_token(tmp_path):
     env = dict(os.environ, NODEGRAPH_CACHE_DIR=str(tmp_path / "cache"))
@@ -454,6 +491,34 @@ def test_token_is_required_everywhere_when_set(tmp_path):
         with pytest.raises(InvalidStatus):
             asyncio.run(ws(s.ws_url))
         assert asyncio.run(ws(s.ws_url + "?token=s3cret")) == "status"
+    finally:
+        s.stop()
+
+
+def test_a_page_opened_with_the_token_keeps_it_in_a_strict_cookie(tmp_path):
+    """The editor is opened once as /?token=...; its own API calls and websocket then carry no token."""
+    s = Served(tmp_path, None, "--token", "s3cret")
+    try:
+        opened = s.get("/", params={"token": "s3cret"})
+        assert opened.status_code == 200
+        cookie = opened.headers["set-cookie"]
+        assert cookie.startswith("nodegraph_token=s3cret;")
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+        jar = {"Cookie": "nodegraph_token=s3cret"}
+        assert s.get("/queue", headers=jar).status_code == 200
+        assert "set-cookie" not in s.get("/queue", params={"token": "s3cret"}, headers=jar).headers  # already kept
+        assert s.get("/queue", headers={"Cookie": "nodegraph_token=wrong"}).status_code == 401
+        assert "set-cookie" not in s.get("/", params={"token": "wrong"}).headers
+        assert s.get("/queue", headers={"Authorization": "Bearer s3cret"}).headers.get("set-cookie") is None
+
+        async def ws() -> str:
+            async with websockets.connect(s.ws_url, additional_headers={"Cookie": "nodegraph_token=s3cret"}) as conn:
+                return json.loads(await conn.recv())["type"]
+
+        assert asyncio.run(ws()) == "status"
+        # The cookie is no way around the Origin rule: another site's page cannot use it (SameSite aside).
+        evil = s.post("/queue", json={"clear": True}, headers={**jar, "Origin": "http://evil.example"})
+        assert evil.status_code == 403
     finally:
         s.stop()
 

@@ -42,7 +42,7 @@ from .files import (
     view_variant,
 )
 from .journal import Journal, Row
-from .object_info import object_info
+from .object_info import object_info, resolve_model_names
 from .protocol import (
     MAX_JSON_DEPTH,
     MAX_PROMPT_BYTES,
@@ -173,17 +173,24 @@ def _host_port(netloc: str) -> tuple[str, int | None]:
     return (parts.hostname or "").lower(), port
 
 
+TOKEN_COOKIE = "nodegraph_token"
+
+
 def security_middleware(config: ServerConfig) -> Any:
     allowed_origins = {o.rstrip("/").lower() for o in config.allow_origins}
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        from_query = False
         if config.token:
-            supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or \
-                request.query.get("token", "")
+            supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if not supplied and "token" in request.query:
+                supplied, from_query = request.query["token"], True
+            supplied = supplied or request.cookies.get(TOKEN_COOKIE, "")
             if not hmac.compare_digest(supplied.encode(), config.token.encode()):
-                return web.json_response({"error": "a token is required: 'Authorization: Bearer TOKEN' or "
-                                                   "?token=TOKEN"}, status=401)
+                return web.json_response({"error": "a token is required: 'Authorization: Bearer TOKEN', "
+                                                   "?token=TOKEN, or open /?token=TOKEN in the browser once"},
+                                         status=401)
         else:
             # Without a token only loopback names may reach us: a DNS-rebinding page uses its own host name.
             host, _ = _host_port(request.host)
@@ -193,7 +200,14 @@ def security_middleware(config: ServerConfig) -> Any:
         if origin is not None and not _same_origin(origin, request, allowed_origins):
             return web.json_response({"error": f"cross-origin request from {origin!r} refused "
                                                "(start the server with --allow-origin to allow it)"}, status=403)
-        return await handler(request)
+        response = await handler(request)
+        if from_query and config.token and not response.prepared and request.cookies.get(TOKEN_COOKIE) != config.token:
+            # The editor page calls the API and its websocket without the token: a page opened once with
+            # ?token=TOKEN leaves it in a cookie the browser sends back to this origin only (SameSite=Strict,
+            # not readable by scripts), and the Origin check above still refuses other sites.
+            response.set_cookie(TOKEN_COOKIE, config.token, httponly=True, samesite="Strict",
+                                secure=request.scheme == "https", path="/")
+        return response
 
     return check
 
@@ -382,7 +396,8 @@ class Server:
         metadata: dict[str, Any] = {}
         try:
             if prompt is not None:
-                graph = graph_from_prompt(prompt, self.registry)
+                models = self.config.engine.models_dirs
+                graph = graph_from_prompt(resolve_model_names(prompt, self.registry, models), self.registry)
             elif body.workflow is not None:
                 from nodegraph.workflow import graph_from_data
 
