@@ -387,6 +387,12 @@ def _load_image_mask(inputs: Inputs) -> Expanded:
                                                "invert": channel == "alpha", "round_to": 1}}}
 
 
+def _tiles(size_step: int) -> tuple[ComfyInput, ...]:
+    """ComfyUI's tiled VAE settings (ignored here: see the notes)."""
+    return (_int("tile_size", 512, 64, 4096, size_step), _int("overlap", 64, 0, 4096, 32),
+            _int("temporal_size", 64, 8, 4096, 4), _int("temporal_overlap", 8, 4, 4096, 4))
+
+
 TRANSFORMS = (
     _cls("ImageScale", _one("ScaleImage", image="<image>", method="<upscale_method>", width="<width>",
                             height="<height>", crop="<crop>"), (("", "image"),),
@@ -447,15 +453,11 @@ TRANSFORMS = (
          ("LATENT",), category="latent"),
     # Tiles only bound peak memory; our VAEDecode already falls back to tiles when memory runs out.
     _cls("VAEDecodeTiled", _one("VAEDecode", latent="<samples>", vae="<vae>"), (("", "image"),),
-         (_link("samples", "LATENT"), _link("vae", "VAE"), _int("tile_size", 512, 64, 4096, 32),
-          _int("overlap", 64, 0, 4096, 32), _int("temporal_size", 64, 8, 4096, 4),
-          _int("temporal_overlap", 8, 4, 4096, 4)), ("IMAGE",), category="_for_testing",
+         (_link("samples", "LATENT"), _link("vae", "VAE"), *_tiles(32)), ("IMAGE",), category="_for_testing",
          display="VAE Decode (Tiled)",
          notes="Tile settings are ignored: the latent is decoded whole, in tiles only if memory runs out."),
     _cls("VAEEncodeTiled", _one("VAEEncode", image="<pixels>", vae="<vae>"), (("", "latent"),),
-         (_link("pixels", "IMAGE"), _link("vae", "VAE"), _int("tile_size", 512, 64, 4096, 64),
-          _int("overlap", 64, 0, 4096, 32), _int("temporal_size", 64, 8, 4096, 4),
-          _int("temporal_overlap", 8, 4, 4096, 4)), ("LATENT",), category="_for_testing",
+         (_link("pixels", "IMAGE"), _link("vae", "VAE"), *_tiles(64)), ("LATENT",), category="_for_testing",
          display="VAE Encode (Tiled)",
          notes="Tile settings are ignored: encoded whole (posterior mode)."),
 )

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from nodegraph import node
+from nodegraph.files import atomic_folder
 from nodegraph.node import CachePolicy
 from nodegraph.settings import active_settings
 from nodegraph.types import MODEL_SOURCE
@@ -122,15 +123,14 @@ def _converted(src: ModelSource, part: Part, config: str | None) -> ModelSource:
     if (target / part / "config.json").is_file():
         return ModelSource(str(target), "diffusers", digest)
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+    with tempfile.TemporaryDirectory(prefix=".config-", dir=target.parent) as scratch, atomic_folder(target) as work:
         config_args: dict[str, Any] = {}
         if conf is not None:
             config_args = {"config": conf.path, "subfolder": part}
         elif part == "vae":
-            (work / "config" / "vae").mkdir(parents=True)
-            shutil.copyfile(CONFIG_DIR / "vae.json", work / "config" / "vae" / "config.json")
-            config_args = {"config": str(work / "config"), "subfolder": "vae"}
+            (Path(scratch) / "vae").mkdir(parents=True)
+            shutil.copyfile(CONFIG_DIR / "vae.json", Path(scratch) / "vae" / "config.json")
+            config_args = {"config": scratch, "subfolder": "vae"}
         logger.warning("converting the %s %s to diffusers format once (cached in %s)", part, src.path, target)
         cls: Any = AutoencoderKL if part == "vae" else ControlNetModel
         try:
@@ -138,11 +138,7 @@ def _converted(src: ModelSource, part: Part, config: str | None) -> ModelSource:
         except Exception as exc:
             raise SourceError(f"{src.path}: could not read this single-file {part}: {exc}"
                               + ("" if config else "; name a folder with its config.json in 'config'")) from exc
-        model.save_pretrained(work / "model" / part, safe_serialization=True)
-        if not target.exists():
-            (work / "model").rename(target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        model.save_pretrained(work / part, safe_serialization=True)
     return ModelSource(str(target), "diffusers", digest)
 
 

@@ -11,16 +11,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from nodegraph.files import atomic_folder
 
 if TYPE_CHECKING:
     import torch
@@ -100,18 +99,13 @@ def save_quantized(model: Any, folder: Path) -> None:
     from optimum.quanto import quantization_map
     from safetensors.torch import save_file
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(work / "weights.safetensors"))
-        (work / "quantization_map.json").write_text(json.dumps(quantization_map(model)))
-        if not folder.exists():
-            os.replace(work, folder)
+        with atomic_folder(folder) as work:
+            state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+            save_file(state, str(work / "weights.safetensors"))
+            (work / "quantization_map.json").write_text(json.dumps(quantization_map(model)))
     except OSError as exc:
         logger.warning("could not keep quantized weights in %s: %s", folder, exc)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def load_quantized(empty_model: Any, folder: Path, device: str, how: str) -> Any | None:

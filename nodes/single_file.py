@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
+from nodegraph.files import atomic_folder
 from nodegraph.settings import active_settings
 from nodes.sources import ModelSource, SourceError
 
@@ -96,32 +96,29 @@ def convert_single_file(src: ModelSource, config: ModelSource | None = None) -> 
     path = Path(src.path)
     in_channels, dtype, vae_dtype = inspect_checkpoint(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
-        if config is None:
-            _config_folder(work / "config", in_channels)
-        config_dir = str(work / "config") if config is None else config.path
-        logger.warning("converting %s to diffusers format once (cached in %s)", path, target)
-        cls = StableDiffusionXLInpaintPipeline if in_channels == 9 else StableDiffusionXLPipeline
-        components = {}
-        if vae_dtype != dtype:  # many files keep the VAE in float32 (it overflows in float16): keep it so
-            components["vae"] = AutoencoderKL.from_single_file(str(path), config=config_dir, subfolder="vae",
-                                                               torch_dtype=getattr(torch, vae_dtype),
-                                                               local_files_only=True)
-        pipe = cls.from_single_file(str(path), config=config_dir, local_files_only=True,
-                                    torch_dtype=getattr(torch, dtype), **components)
-        pipe.save_pretrained(work / "model", safe_serialization=True)
-        del pipe
-        (work / "model" / "SOURCE.txt").write_text(f"converted from {path} (content {src.fingerprint}) with "
-                                                   f"configs from {config_dir if config else 'the shipped SDXL 1.0'}\n")
-        if not target.exists():
-            (work / "model").rename(target)
+        with tempfile.TemporaryDirectory(prefix=".config-", dir=target.parent) as scratch, \
+                atomic_folder(target) as work:
+            if config is None:
+                _config_folder(Path(scratch) / "config", in_channels)
+            config_dir = str(Path(scratch) / "config") if config is None else config.path
+            logger.warning("converting %s to diffusers format once (cached in %s)", path, target)
+            cls = StableDiffusionXLInpaintPipeline if in_channels == 9 else StableDiffusionXLPipeline
+            components = {}
+            if vae_dtype != dtype:  # many files keep the VAE in float32 (it overflows in float16): keep it so
+                components["vae"] = AutoencoderKL.from_single_file(str(path), config=config_dir, subfolder="vae",
+                                                                   torch_dtype=getattr(torch, vae_dtype),
+                                                                   local_files_only=True)
+            pipe = cls.from_single_file(str(path), config=config_dir, local_files_only=True,
+                                        torch_dtype=getattr(torch, dtype), **components)
+            pipe.save_pretrained(work, safe_serialization=True)
+            del pipe
+            (work / "SOURCE.txt").write_text(f"converted from {path} (content {src.fingerprint}) with configs "
+                                             f"from {config_dir if config else 'the shipped SDXL 1.0'}\n")
     except SourceError:
         raise
     except FileNotFoundError as exc:
         raise SourceError(str(exc)) from None
     except Exception as exc:
         raise SourceError(f"{path}: could not convert this single-file checkpoint: {exc}") from exc
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return ModelSource(str(target), "diffusers", fingerprint)

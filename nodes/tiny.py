@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from nodegraph.files import atomic_folder
 from nodes.vocab import byte_alphabet
 
 TINY_SEED = 0
@@ -93,9 +92,7 @@ def make_tiny_model(folder: str | os.PathLike[str], in_channels: int = 9, seed: 
     if in_channels not in (4, 9):
         raise ValueError(f"in_channels must be 4 (base) or 9 (inpainting), not {in_channels}")
     target = Path(folder)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_folder(target) as work:  # another process building the same model concurrently: one wins
         vocab_size = 0
         for sub in ("tokenizer", "tokenizer_2"):
             vocab_size = write_tiny_tokenizer(work / sub)
@@ -130,18 +127,6 @@ def make_tiny_model(folder: str | os.PathLike[str], in_channels: int = 9, seed: 
             f"# Tiny random-weight SDXL ({'inpainting, 9' if in_channels == 9 else 'base, 4'}-channel UNet)\n\n"
             f"RANDOM WEIGHTS (seed {seed}), built by `nodegraph make-tiny-model` for tests and demos. "
             "Its images are noise.\n")
-        if target.exists():
-            shutil.rmtree(work)  # someone else finished first; theirs is identical
-        else:
-            try:
-                os.replace(work, target)
-            except OSError:
-                shutil.rmtree(work, ignore_errors=True)
-                if not target.exists():
-                    raise
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return target
 
 
@@ -197,9 +182,7 @@ def make_full_size_model(folder: str | os.PathLike[str], in_channels: int = 9, s
     torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
     configs = sdxl_configs(in_channels)
     generator = torch.Generator().manual_seed(seed)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_folder(target) as work:
         from nodes.vocab import write_clip_tokenizer
 
         for sub, pad in (("tokenizer", "<|endoftext|>"), ("tokenizer_2", "!")):
@@ -224,10 +207,6 @@ def make_full_size_model(folder: str | os.PathLike[str], in_channels: int = 9, s
             "force_zeros_for_empty_prompt": True, "requires_aesthetics_score": False}, indent=2))
         (work / "README.md").write_text(f"# Full-size SDXL architecture, RANDOM WEIGHTS (seed {seed}, {dtype})\n\n"
                                         "For benchmarks only: its images are noise.\n")
-        os.replace(work, target)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return target
 
 

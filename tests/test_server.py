@@ -430,6 +430,7 @@ def test_restart_runs_pending_prompts_and_keeps_history(tmp_path, builtin_models
         assert s2.stop() == 0
 
 
+@pytest.mark.slow
 def test_model_names_picked_from_object_info_run_from_the_models_directory(tmp_path, tiny_models):
     """ComfyUI's layout: <models>/checkpoints/..., loras/, vae/ ...; the editor offers names relative to
     those folders and a prompt that picks one runs that file (or diffusers folder)."""

@@ -112,6 +112,10 @@ def _error(exc: FileAccessError) -> web.Response:
     return web.json_response({"error": str(exc)}, status=exc.status)
 
 
+def _no_such_file() -> web.Response:
+    return web.json_response({"error": "no such file"}, status=404)
+
+
 async def _read_limited(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
@@ -173,15 +177,21 @@ def add_routes(app: web.Application, user_dir: Path) -> None:
             return web.json_response([[n, *n.split("/")] for n in names])
         return web.json_response(names)
 
-    async def get_file(request: web.Request) -> web.StreamResponse:
+    def named(request: web.Request) -> Path | web.StreamResponse:
+        """The user file a request names, or the refusal of a bad name."""
         try:
-            path = store.path(request.match_info["file"])
+            return store.path(request.match_info["file"])
         except FileAccessError as exc:
             return _error(exc)
+
+    async def get_file(request: web.Request) -> web.StreamResponse:
+        path = named(request)
+        if not isinstance(path, Path):
+            return path
         if not path.is_file():
             if path == store.root / USER_CSS:  # index.html always links it: an empty sheet until one is saved
                 return web.Response(text="", content_type="text/css")
-            return web.json_response({"error": "no such file"}, status=404)
+            return _no_such_file()
         return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
     async def post_file(request: web.Request) -> web.StreamResponse:
@@ -200,12 +210,11 @@ def add_routes(app: web.Application, user_dir: Path) -> None:
         return web.json_response(path.relative_to(store.root).as_posix())
 
     async def delete_file(request: web.Request) -> web.StreamResponse:
-        try:
-            path = store.path(request.match_info["file"])
-        except FileAccessError as exc:
-            return _error(exc)
+        path = named(request)
+        if not isinstance(path, Path):
+            return path
         if not path.is_file():
-            return web.json_response({"error": "no such file"}, status=404)
+            return _no_such_file()
         path.unlink()
         return web.Response(status=204)
 
