@@ -29,7 +29,7 @@ from nodegraph.executor import Engine
 from nodegraph.files import atomic_write_bytes
 from nodegraph.graph import Graph
 from nodegraph.node import REGISTRY
-from nodegraph.settings import DEFAULT_DISK_BYTES, EngineSettings, PathPolicy, default_cache_dir
+from nodegraph.settings import DEFAULT_DISK_BYTES, EngineSettings, PathPolicy, default_cache_dir, use_settings
 from nodegraph.validation import validate
 from nodegraph.workflow import BASE_DIR_KEY, apply_override, is_png, load_workflow
 
@@ -245,7 +245,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         graph = load_workflow(args.file)
         output_dir = Path(args.output_dir).expanduser().resolve()
-        vg = validate(graph, policy=_policy(args, graph, output_dir, EngineSettings.from_env()))
+        settings = EngineSettings.from_env()
+        with use_settings(settings):  # check hooks read the same limits a run would
+            vg = validate(graph, policy=_policy(args, graph, output_dir, settings))
     except WorkflowError as err:
         _print_issues(err, args.json)
         return EXIT_INVALID

@@ -128,8 +128,8 @@ class Engine:
     # ---- planning ----------------------------------------------------------------------------------
     def plan(self, graph: Graph, outputs: list[str] | None = None, policy: PathPolicy | None = None) -> Plan:
         """Validate (raises WorkflowError) and plan without running anything."""
-        vg = validate(graph, outputs, policy)
-        with use_settings(self.settings):
+        with use_settings(self.settings):  # check hooks read the engine's limits
+            vg = validate(graph, outputs, policy)
             return self._plan(vg, self._keys(vg), set(), set())
 
     def _disk(self) -> DiskCache | None:
@@ -214,7 +214,8 @@ class Engine:
         is False, in which case the result carries the error. ``output_dir`` overrides the settings'
         for this run; ``previews`` asks long nodes for preview images on their progress events; ``png_text``
         adds text chunks to the PNGs the run writes."""
-        vg = validate(graph, outputs, policy)
+        with use_settings(self.settings):  # check hooks read the engine's limits
+            vg = validate(graph, outputs, policy)
         run_id = run_id or uuid.uuid4().hex
         result = new_result({n: inst.type for n, inst in graph.nodes.items()}, run_id)
         report = ReportListener(result)

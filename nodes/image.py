@@ -89,6 +89,21 @@ def regular_file(path: str, what: str, max_bytes: int | None = None) -> Path:
 def open_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImage.Image:
     """Open and decode an image file, refusing directories, special files and images over ``max_pixels``
     (checked from the header, before the pixels are decoded). Multi-frame files give their first frame."""
+    img = _open_header(path, max_pixels)
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        logger.info("%s: has %d frames; using the first", path, frames)
+    try:
+        img.seek(0)
+        img.load()
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable image ({exc})") from None
+    return img
+
+
+def _open_header(path: str, max_pixels: int) -> PILImage.Image:
+    """The image with only its header read, refused (ValueError / OSError) when it is no regular file,
+    unreadable, or over ``max_pixels``."""
     p = regular_file(path, "an image file")
     try:
         with warnings.catch_warnings():
@@ -103,15 +118,19 @@ def open_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> PILImage.Imag
         img.close()
         raise ValueError(f"{p}: {width}x{height} = {width * height} pixels is over the input limit of "
                          f"{max_pixels} pixels (EngineSettings.max_input_pixels)")
-    frames = getattr(img, "n_frames", 1)
-    if frames > 1:
-        logger.info("%s: has %d frames; using the first", p, frames)
-    try:
-        img.seek(0)
-        img.load()
-    except Exception as exc:
-        raise ValueError(f"{p}: not a readable image ({exc})") from None
     return img
+
+
+def check_image_file(path: str, **_: Any) -> list[tuple[str | None, str]]:
+    """Refused at validation, from the header only: a directory, device, pipe, unreadable or over-limit
+    image (the engine's ``max_input_pixels``). A file that does not exist yet is left to the run."""
+    if not Path(path).exists():
+        return []
+    try:
+        _open_header(path, active_settings().max_input_pixels).close()
+    except (ValueError, OSError) as exc:
+        return [("path", str(exc))]
+    return []
 
 
 def _path_fingerprint(path: str, **_: Any) -> str:
@@ -180,7 +199,7 @@ class ImageAndMask(NamedTuple):
     mask: Mask
 
 
-@node(category="image", version=2, cache=CachePolicy.reads(_path_fingerprint, "path"))
+@node(category="image", version=2, cache=CachePolicy.reads(_path_fingerprint, "path"), check=check_image_file)
 def LoadImage(path: ImagePath, ctx: RunContext, round_to: RoundTo = 8) -> ImageAndMask:
     """Load an image file as RGB; its alpha channel (if any) becomes the mask: transparent = repaint.
 
@@ -204,7 +223,7 @@ def LoadImage(path: ImagePath, ctx: RunContext, round_to: RoundTo = 8) -> ImageA
 MaskChannel = Literal["luminance", "alpha", "red", "green", "blue"]
 
 
-@node(category="image", version=2, cache=CachePolicy.reads(_path_fingerprint, "path"))
+@node(category="image", version=2, cache=CachePolicy.reads(_path_fingerprint, "path"), check=check_image_file)
 def LoadMask(path: ImagePath, ctx: RunContext,
              channel: Annotated[MaskChannel, Field(description="which channel holds the mask")] = "luminance",
              invert: Annotated[bool, Field(description="swap repaint and keep")] = False,

@@ -160,7 +160,19 @@ def _latent_fingerprint(path: str, **_: Any) -> str:
     return file_fingerprint(_latent_file(path))
 
 
-@node(category="latent", version=2, cache=CachePolicy.reads(_latent_fingerprint, "path"))
+def _check_latent_file(path: str, **_: Any) -> list[tuple[str | None, str]]:
+    """A directory, device, pipe or over-1-GiB file is refused at validation (a missing one at run time:
+    an earlier SaveLatent may write it)."""
+    if not Path(path).exists():
+        return []
+    try:
+        _latent_file(path)
+    except (ValueError, OSError) as exc:
+        return [("path", str(exc))]
+    return []
+
+
+@node(category="latent", version=2, cache=CachePolicy.reads(_latent_fingerprint, "path"), check=_check_latent_file)
 def LoadLatent(path: Annotated[str, READ_PATH, Field(description="a .safetensors file written by SaveLatent")]
                ) -> Latent:
     """Read latents written by SaveLatent (safetensors only; regular files up to 1 GiB)."""

@@ -244,3 +244,33 @@ def test_corrupt_vae_weights_name_the_file(tiny_models, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(SourceError, match=f"{weights}: cannot read the VAE weights"):
         load_component(ModelRef(resolve(str(broken)), "float32", "cpu"), "vae_decoder")
+
+
+def test_special_files_and_the_pixel_limit_are_refused_at_validation(tmp_path):
+    """Before anything runs, naming the node and input; the engine's own limit applies."""
+    from nodegraph import Engine, EngineSettings, Graph, WorkflowError
+
+    bomb = huge_png_header(tmp_path / "bomb.png", 12000, 12000)
+    small = tmp_path / "small.png"
+    Image.fromarray(RGB).save(small)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    g = Graph()
+    g.add("LoadImage", id="bomb", path=str(bomb))
+    g.add("LoadMask", id="device", path="/dev/zero")
+    g.add("LoadLatent", id="pipe", path=str(fifo))
+    g.add("LoadLatent", id="folder", path=str(tmp_path))
+    g.add("LoadImage", id="small", path=str(small))
+    g.add("SaveLatent", id="out", latent=g["pipe"].latent, path=str(tmp_path / "never.safetensors"))
+    with pytest.raises(WorkflowError) as info:
+        Engine(EngineSettings(max_input_pixels=100)).plan(g)
+    assert {(i.node, i.input) for i in info.value.issues} == {
+        ("bomb", "path"), ("device", "path"), ("pipe", "path"), ("folder", "path"), ("small", "path")}
+    found = {i.node: i.message for i in info.value.issues}
+    assert "over the input limit of 100 pixels" in found["bomb"] and "over the input limit" in found["small"]
+    assert "not a regular file" in found["device"] and "not a regular file" in found["pipe"]
+    assert "is a directory" in found["folder"]
+    del g.nodes["small"]
+    with pytest.raises(WorkflowError) as info:  # the default limit lets a small image through
+        Engine().plan(g)
+    assert {i.node for i in info.value.issues} == {"bomb", "device", "pipe", "folder"}

@@ -432,9 +432,11 @@ class Server:
 
     def _validate(self, graph: Any, targets: list[str] | None) -> None:
         """Full validation, HTTP path policy included, before anything is journaled."""
+        from nodegraph.settings import use_settings
         from nodegraph.validation import validate
 
-        validate(graph, targets, policy=http_policy(self.config.engine))
+        with use_settings(self.config.engine):  # check hooks read the server's limits
+            validate(graph, targets, policy=http_policy(self.config.engine))
 
     async def get_prompt(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"exec_info": {"queue_remaining": self.worker.queue_remaining()}})
