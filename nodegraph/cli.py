@@ -101,6 +101,12 @@ def _settings(args: argparse.Namespace, output_dir: Path) -> EngineSettings:
         settings = settings.with_(cache_dir=root, state_dir=root)
     if args.no_cache:  # no disk tier of node outputs; built-in models and fingerprints still live there
         settings = settings.with_(cache_dir=None)
+    return _with_models(args, settings)
+
+
+def _with_models(args: argparse.Namespace, settings: EngineSettings) -> EngineSettings:
+    if args.models_dir:
+        settings = settings.with_(models_dirs=tuple(Path(d).expanduser().resolve() for d in args.models_dir))
     return settings
 
 
@@ -184,7 +190,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.quiet:
         _quiet_libraries()
     try:
-        graph = load_workflow(args.file)
+        graph = load_workflow(args.file, models_dirs=settings.models_dirs)
         _apply_sets(graph, args.set or [])
         policy = _policy(args, graph, output_dir, settings)
         engine = Engine(settings)
@@ -243,9 +249,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
-        graph = load_workflow(args.file)
+        settings = _with_models(args, EngineSettings.from_env())
+        graph = load_workflow(args.file, models_dirs=settings.models_dirs)
         output_dir = Path(args.output_dir).expanduser().resolve()
-        settings = EngineSettings.from_env()
         with use_settings(settings):  # check hooks read the same limits a run would
             vg = validate(graph, policy=_policy(args, graph, output_dir, settings))
     except WorkflowError as err:
@@ -322,6 +328,9 @@ def _add_policy_args(p: argparse.ArgumentParser, output_dir: bool = True) -> Non
                    help="let the workflow write outside --output-dir (docs/security.md)")
     p.add_argument("--trust-workflow", action="store_true",
                    help="a workflow taken from a PNG may read files anywhere, not only beside the PNG")
+    p.add_argument("--models-dir", action="append", metavar="DIR",
+                   help="a ComfyUI models directory (checkpoints/, loras/, vae/ ...): a ComfyUI workflow's model "
+                        "names load from there (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -201,16 +201,23 @@ def _anchor_read_path(graph: Graph, node_id: str, input_name: str, value: str, b
     return str(anchored)
 
 
-def graph_from_data(data: Any, registry: Registry | None = None, source: str = "<workflow>") -> Graph:
-    """Build a Graph from a parsed JSON document in either supported format."""
+def graph_from_data(data: Any, registry: Registry | None = None, source: str = "<workflow>",
+                    models_dirs: tuple[Path, ...] = ()) -> Graph:
+    """Build a Graph from a parsed JSON document in either supported format.
+
+    models_dirs: ComfyUI models directories; a ComfyUI workflow's model names (``ckpt_name`` ...) that name
+    files there become their paths (nodegraph.model_files).
+    """
     registry = registry or REGISTRY
     from nodegraph.comfy_ui import is_ui_workflow
+    from nodegraph.model_files import resolve_model_names
 
     if is_ui_workflow(data):
         from nodegraph.comfy import graph_from_comfy
         from nodegraph.comfy_ui import ui_to_api
 
-        graph = graph_from_comfy(ui_to_api(data, registry), registry)
+        api = resolve_model_names(ui_to_api(data, registry), registry, models_dirs)
+        graph = graph_from_comfy(api, registry)
         graph.metadata["imported_from"] = "comfyui-ui"
         return graph
     if isinstance(data, dict) and "version" not in data and "nodes" not in data and data and all(
@@ -218,7 +225,7 @@ def graph_from_data(data: Any, registry: Registry | None = None, source: str = "
     ):
         from nodegraph.comfy import graph_from_comfy
 
-        return graph_from_comfy(data, registry)
+        return graph_from_comfy(resolve_model_names(data, registry, models_dirs), registry)
     if not isinstance(data, dict) or "nodes" not in data or "version" not in data:
         found = type(data).__name__ if not isinstance(data, dict) else f"keys {sorted(data)[:8]}"
         raise WorkflowError([Issue(kind="invalid_file", found=found,
@@ -252,9 +259,10 @@ def graph_from_data(data: Any, registry: Registry | None = None, source: str = "
                  registry=registry)
 
 
-def load_workflow(path: str | os.PathLike[str], registry: Registry | None = None) -> Graph:
+def load_workflow(path: str | os.PathLike[str], registry: Registry | None = None,
+                  models_dirs: tuple[Path, ...] = ()) -> Graph:
     """Read a workflow file (native, ComfyUI API format, or a PNG we wrote) into a Graph."""
-    return graph_from_data(read_workflow_data(path), registry, str(path))
+    return graph_from_data(read_workflow_data(path), registry, str(path), models_dirs)
 
 
 # ---- writing ------------------------------------------------------------------------------------

@@ -256,3 +256,25 @@ def test_set_paths_are_relative_to_the_current_directory_and_file_paths_to_the_w
     proc = run_cli("run", str(wf), "--quiet", "--output-dir", "o2", "--set", "r.path=here.txt", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "o2" / "out.txt").read_text() == "typed on the command line"
+
+
+def test_models_dir_resolves_comfyui_model_names(tmp_path, tiny_models, capsys):
+    """`ckpt_name` as ComfyUI writes it (relative to models/checkpoints) loads with --models-dir."""
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent
+    models = tmp_path / "ComfyUI" / "models"
+    shutil.copytree(tiny_models[9], models / "checkpoints" / "sdxl" / "v1" / "tiny-inpaint")
+    prompt = json.loads((root / "tests" / "comfy" / "inpaint_api.json").read_text())
+    prompt["4"]["inputs"]["ckpt_name"] = "sdxl/v1/tiny-inpaint"
+    prompt["10"]["inputs"]["image"] = str(root / "workflows" / "demo_image_alpha.png")
+    wf = tmp_path / "workflows" / "api.json"
+    wf.parent.mkdir()
+    wf.write_text(json.dumps(prompt))
+    assert main(["validate", str(wf)]) == 2  # relative to the workflow's folder: no such file
+    assert "sdxl/v1/tiny-inpaint" in capsys.readouterr().err
+    assert main(["validate", str(wf), "--models-dir", str(models), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"]
+    prompt["4"]["inputs"]["ckpt_name"] = "../checkpoints/sdxl/v1/tiny-inpaint"  # never looked up in models dirs
+    wf.write_text(json.dumps(prompt))
+    assert main(["validate", str(wf), "--models-dir", str(models)]) == 2

@@ -42,7 +42,7 @@ from .files import (
     view_variant,
 )
 from .journal import Journal, Row
-from .object_info import object_info, resolve_model_names
+from .object_info import object_info
 from .protocol import (
     MAX_JSON_DEPTH,
     MAX_PROMPT_BYTES,
@@ -396,6 +396,8 @@ class Server:
         metadata: dict[str, Any] = {}
         try:
             if prompt is not None:
+                from nodegraph.model_files import resolve_model_names
+
                 models = self.config.engine.models_dirs
                 graph = graph_from_prompt(resolve_model_names(prompt, self.registry, models), self.registry)
             elif body.workflow is not None:

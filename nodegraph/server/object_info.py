@@ -8,9 +8,10 @@ input directory), and turns the names a prompt picked from those combos back int
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from nodegraph.model_files import MODEL_FOLDERS
 from nodegraph.node import Registry
 from nodegraph.settings import EngineSettings
 
@@ -30,13 +31,6 @@ def _listing(root: Path, suffixes: set[str]) -> list[str]:
     return sorted(found)
 
 
-# ComfyUI's folders under a models directory, for each list a model combo of object_info is filled from
-# (``diffusion_models`` was called ``unet`` in older ComfyUI layouts).
-MODEL_FOLDERS: dict[str, tuple[str, ...]] = {
-    "checkpoints": ("checkpoints",), "loras": ("loras",), "vae": ("vae",),
-    "diffusion_models": ("diffusion_models", "unet"), "controlnet": ("controlnet",)}
-
-
 def server_files(settings: EngineSettings) -> dict[str, list[str]]:
     """``{"checkpoints": [...], "loras": [...], ..., "input_images": [...]}`` for the combos of
     ``object_info``: file names relative to their folder, as ComfyUI lists them."""
@@ -53,47 +47,6 @@ def server_files(settings: EngineSettings) -> dict[str, list[str]]:
                 files[kind] += _listing(models / folder, {".safetensors"})
     images = _listing(settings.input_dir, IMAGE_SUFFIXES) if settings.input_dir is not None else []
     return {**files, "input_images": images}
-
-
-def find_model_file(name: str, kind: str, models_dirs: tuple[Path, ...]) -> Path | None:
-    """The file a model combo value names (``object_info``'s listing: relative to ``<models>/<folder>``),
-    or None when it names none there. Names that climb out (``..``, absolute paths) name nothing."""
-    rel = PurePosixPath(name.replace("\\", "/"))
-    if not name or rel.is_absolute() or ".." in rel.parts:
-        return None
-    for models in models_dirs:
-        for folder in MODEL_FOLDERS.get(kind, ()):
-            path = models / folder / Path(*rel.parts)
-            if path.exists():  # a file as ComfyUI has them, or a diffusers folder
-                return path
-    return None
-
-
-def resolve_model_names(prompt: dict[str, Any], registry: Registry, models_dirs: tuple[Path, ...]
-                        ) -> dict[str, Any]:
-    """The prompt with every model combo value that names a file under the models directories (a
-    ``ckpt_name`` picked in the editor, a ``lora_name`` ...) replaced by that file's path; the rest as is.
-
-    Done before the import, so the graph (and the journal) holds paths the path policy then checks.
-    """
-    from nodegraph.comfy_spec import ComfyClass
-
-    resolved: dict[str, Any] = {}
-    for cid, entry in prompt.items():
-        cls = registry.comfy.get(entry.get("class_type", "")) if isinstance(entry, dict) else None
-        inputs = entry.get("inputs") if isinstance(entry, dict) else None
-        if not isinstance(cls, ComfyClass) or not isinstance(inputs, dict):
-            resolved[cid] = entry
-            continue
-        changed = dict(inputs)
-        for spec in cls.inputs:
-            value = inputs.get(spec.name)
-            if spec.choices_from in MODEL_FOLDERS and isinstance(value, str):
-                found = find_model_file(value, spec.choices_from, models_dirs)
-                if found is not None:
-                    changed[spec.name] = str(found)
-        resolved[cid] = {**entry, "inputs": changed} if changed != inputs else entry
-    return resolved
 
 
 def object_info(registry: Registry, settings: EngineSettings) -> dict[str, dict[str, Any]]:
