@@ -78,9 +78,9 @@ class Served:
     def log(self) -> str:
         return self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
 
-    def stop(self) -> int:
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -400,7 +400,8 @@ def test_queue_delete_clear_and_history_delete(server):
 
 
 @pytest.mark.slow
-def test_restart_runs_pending_prompts_and_keeps_history(tmp_path, builtin_models_dir):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_restart_runs_pending_prompts_and_keeps_history(tmp_path, builtin_models_dir, stop_signal):
     s = Served(tmp_path, builtin_models_dir)
     prompt = native_api_prompt()
     prompt["sample"]["inputs"]["steps"] = 2
@@ -413,7 +414,7 @@ def test_restart_runs_pending_prompts_and_keeps_history(tmp_path, builtin_models
     deadline = time.monotonic() + 60
     while not s.get("/queue").json()["queue_running"] and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert s.stop() == 0  # SIGTERM: the running prompt is interrupted and goes back to pending
+    assert s.stop(stop_signal) == 0  # the running prompt is interrupted and goes back to pending
     s2 = Served(tmp_path, None, port=free_port())
     try:
         queued = s2.get("/queue").json()
