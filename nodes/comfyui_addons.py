@@ -25,8 +25,8 @@ def _lora_loader(inputs: Inputs) -> Expanded:
 
 _LORA_NOTE = ("`lora_name` is a .safetensors file (diffusers/PEFT or kohya layout), applied with diffusers' LoRA "
               "loader as a PEFT adapter; keyed by the file's content and the strengths it uses.")
-_CONTROL_NOTE = ("start/end_percent are fractions of the steps run (diffusers' control_guidance_start/end), not of "
-                 "the noise schedule as in ComfyUI; the control image is resized to the latent's size.")
+_CONTROL_NOTE = ("start/end_percent are fractions of the model's noise schedule (timesteps), as in ComfyUI "
+                 "(`range_by: timesteps`); the control image is resized to the latent's size.")
 
 ADDONS = (
     _cls("LoraLoader", _lora_loader, (("", "unet"), ("clip", "clip")),
@@ -62,14 +62,16 @@ ADDONS = (
          notes="An SDXL ControlNet: a .safetensors file (converted once; diffusers infers its config, fetched from "
                "the hub the first time), a diffusers folder or a hub repo."),
     _cls("ControlNetApply", _one("ControlConditioning", conditioning="<conditioning>", control_net="<control_net>",
-                                 image="<image>", strength="<strength>"), (("", "conditioning"),),
+                                 image="<image>", strength="<strength>", range_by="timesteps"),
+         (("", "conditioning"),),
          (_link("conditioning", "CONDITIONING"), _link("control_net", "CONTROL_NET"), _link("image", "IMAGE"),
           _float("strength", 1.0, 0.0, 10.0)),
          ("CONDITIONING",), category="conditioning/controlnet", display="Apply ControlNet (OLD)",
          notes="Applies to this conditioning only (the other half of CFG runs without it), as in ComfyUI."),
     _cls("ControlNetApplyAdvanced", _one("ApplyControlNet", positive="<positive>", negative="<negative>",
                                          control_net="<control_net>", image="<image>", strength="<strength>",
-                                         start_percent="<start_percent>", end_percent="<end_percent>"),
+                                         start_percent="<start_percent>", end_percent="<end_percent>",
+                                         range_by="timesteps"),
          (("", "positive"), ("", "negative")),
          (_link("positive", "CONDITIONING"), _link("negative", "CONDITIONING"), _link("control_net", "CONTROL_NET"),
           _link("image", "IMAGE"), _float("strength", 1.0, 0.0, 10.0), _float("start_percent", 0.0, 0.0, 1.0, 0.001),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 from pydantic import Field
 
@@ -27,6 +27,7 @@ from nodegraph.types import MODEL_SOURCE
 from nodes.components import ComponentSource, check_component_source, component_source
 from nodes.models import Device, DType, ModelRef, _read_json, manager, resolve_device, resolve_dtypes
 from nodes.payloads import Conditioning, Image
+from nodes.schedules import percent_timestep
 from nodes.sources import SourceError
 
 if TYPE_CHECKING:
@@ -36,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 NODE_DEPENDS = ("torch", "diffusers")
 Percent = Annotated[float, Field(ge=0.0, le=1.0)]
+RangeBy = Literal["steps", "timesteps"]
+RangeInput = Annotated[RangeBy, Field(description="what start/end_percent count: steps (the share of the sampler's "
+                                                  "steps, as diffusers' control_guidance_start/end) or timesteps "
+                                                  "(the share of the model's noise schedule, as ComfyUI)")]
 Strength = Annotated[float, Field(ge=0.0, le=10.0, description="scale of the ControlNet's residuals")]
 
 
@@ -56,8 +61,12 @@ class ControlHint:
     strength: float
     start: float
     end: float
+    range_by: RangeBy = "steps"
 
-    def active(self, i: int, n: int) -> bool:
+    def active(self, i: int, n: int, t: float, train_steps: int = 1000) -> bool:
+        """Whether it applies at step i of n (timestep t)."""
+        if self.range_by == "timesteps":
+            return percent_timestep(self.end, train_steps) <= t <= percent_timestep(self.start, train_steps)
         return not (i / n < self.start or (i + 1) / n > self.end)
 
 
@@ -91,11 +100,12 @@ def _check_range(start_percent: float = 0.0, end_percent: float = 1.0, **_: Any)
     return []
 
 
-def _hint(controlnet: ControlNetHandle, image: torch.Tensor, strength: float, start: float, end: float) -> ControlHint:
+def _hint(controlnet: ControlNetHandle, image: torch.Tensor, strength: float, start: float, end: float,
+          range_by: RangeBy) -> ControlHint:
     if image.shape[-1] != controlnet.conditioning_channels:
         raise ValueError(f"the control image has {image.shape[-1]} channels; this ControlNet takes "
                          f"{controlnet.conditioning_channels}")
-    return ControlHint(controlnet, image, float(strength), float(start), float(end))
+    return ControlHint(controlnet, image, float(strength), float(start), float(end), range_by)
 
 
 def _attach(cond: Conditioning, hint: ControlHint) -> Conditioning:
@@ -111,24 +121,25 @@ class ControlledPair(NamedTuple):
 
 @node(category="conditioning", version=1, check=_check_range)
 def ApplyControlNet(positive: Conditioning, negative: Conditioning, control_net: ControlNetHandle, image: Image,
-                    strength: Strength = 1.0, start_percent: Percent = 0.0, end_percent: Percent = 1.0
-                    ) -> ControlledPair:
+                    strength: Strength = 1.0, start_percent: Percent = 0.0, end_percent: Percent = 1.0,
+                    range_by: RangeInput = "steps") -> ControlledPair:
     """Guide sampling with a ControlNet and a control image (e.g. from Canny) on both sides of CFG.
 
     Chain several for stacked ControlNets. The image is resized to the latent's pixel size if it differs.
-    start_percent / end_percent: the fraction of the steps where it applies (diffusers' control_guidance_*).
+    start_percent / end_percent: where it applies, as a fraction of the steps (range_by=steps, diffusers'
+    control_guidance_*) or of the model's timesteps (range_by=timesteps, ComfyUI's start/end_percent).
     """
-    hint = _hint(control_net, image, strength, start_percent, end_percent)
+    hint = _hint(control_net, image, strength, start_percent, end_percent, range_by)
     return ControlledPair(_attach(positive, hint), _attach(negative, hint))
 
 
 @node(category="conditioning", version=1, check=_check_range)
 def ControlConditioning(conditioning: Conditioning, control_net: ControlNetHandle, image: Image,
-                        strength: Strength = 1.0, start_percent: Percent = 0.0, end_percent: Percent = 1.0
-                        ) -> Conditioning:
+                        strength: Strength = 1.0, start_percent: Percent = 0.0, end_percent: Percent = 1.0,
+                        range_by: RangeInput = "steps") -> Conditioning:
     """A ControlNet on one conditioning only (ComfyUI's ControlNetApply: usually the positive prompt, so
     the unconditional half of CFG runs without it)."""
-    return _attach(conditioning, _hint(control_net, image, strength, start_percent, end_percent))
+    return _attach(conditioning, _hint(control_net, image, strength, start_percent, end_percent, range_by))
 
 
 # --- the sampler's side -----------------------------------------------------------------------------------------
@@ -143,8 +154,9 @@ class _Group(NamedTuple):
 class ControlledUNet:
     """The UNet with ControlNet residuals added: called like the UNet, once per sampler step."""
 
-    def __init__(self, unet: Any, groups: list[_Group], steps: int) -> None:
+    def __init__(self, unet: Any, groups: list[_Group], steps: int, train_steps: int = 1000) -> None:
         self.unet, self.groups, self.steps, self.calls = unet, groups, steps, 0
+        self.train_steps = train_steps
 
     def __getattr__(self, name: str) -> Any:  # config, dtype, device ... of the wrapped UNet
         return getattr(self.unet, name)
@@ -156,7 +168,7 @@ class ControlledUNet:
         mid: torch.Tensor | None = None
         latents = x[:, :4]  # a 9-channel UNet's input: [latents, mask, masked-image latents]
         for g in self.groups:
-            if not g.hint.active(i, self.steps):
+            if not g.hint.active(i, self.steps, float(t), self.train_steps):
                 continue  # diffusers runs it with scale 0: adding zeros changes nothing
             # A ControlNet may compute in another dtype than the UNet (loaded on its own): inputs go in its
             # dtype, residuals come back in the UNet's.
@@ -189,7 +201,7 @@ def _control_image(image: torch.Tensor, rows: int, size: tuple[int, int], device
 
 
 def with_control(unet: Any, ctx: RunContext, sides: list[tuple[tuple[ControlHint, ...], int]], steps: int,
-                 size: tuple[int, int]) -> Any:
+                 size: tuple[int, int], train_steps: int = 1000) -> Any:
     """Wrap the UNet so each call adds the residuals of the ControlNets in ``sides``.
 
     sides: for each block of rows the UNet is called with (e.g. [negative, positive] under CFG), the hints
@@ -213,4 +225,4 @@ def with_control(unet: Any, ctx: RunContext, sides: list[tuple[tuple[ControlHint
         rows = None if bool(mask.all()) else mask.to(hint.controlnet.ref.device, dtype)
         groups.append(_Group(hint, model, _control_image(hint.image, total, size, hint.controlnet.ref.device, dtype),
                              rows))
-    return ControlledUNet(unet, groups, steps)
+    return ControlledUNet(unet, groups, steps, train_steps)

@@ -37,7 +37,7 @@ from nodes.schedulers import (
     make_scheduler,
     sampler_info,
 )
-from nodes.schedules import Sigmas, computed_schedule, sigmas_to_timesteps
+from nodes.schedules import Sigmas, computed_schedule, percent_timestep, sigmas_to_timesteps
 
 if TYPE_CHECKING:
     import torch
@@ -253,8 +253,8 @@ def regional_rows(unet: UNetHandle, positive: Conditioning, negative: Conditioni
             pooled.append(_to_batch(e.pooled, batch, "conditioning pooled").to(device, dtype))
             time_ids.append(torch.tensor([entry_ids], dtype=dtype, device=device).repeat(batch, 1))
             weights.append(_entry_weight(e, unet, batch, latent_size, device, torch.float32))
-            high.append((1 - e.start) * total)
-            low.append((1 - e.end) * total)
+            high.append(percent_timestep(e.start, total))
+            low.append(percent_timestep(e.end, total))
     regions = Regions(len(sides[0][0]) if cfg else 0, tuple(weights), tuple(high), tuple(low))
     return GuidanceRows(torch.cat(embeds), torch.cat(pooled), torch.cat(time_ids), len(weights),
                         (scale_g,) if cfg else (), regions)
@@ -505,7 +505,8 @@ def Sample(
         # Step ranges count the schedule before denoising_end cuts it, as diffusers does.
         begin = getattr(sched, "begin_index", None) or 0
         model = with_control(model, ctx, control_sides(cond, positive, negative, batch),
-                             len(sched.timesteps) - begin, (height, width))
+                             len(sched.timesteps) - begin, (height, width),
+                             json.loads(unet.scheduler_config).get("num_train_timesteps", 1000))
     denoise = guided_denoiser(model, sched, cond, concat=concat, timestep_cond=timestep_cond,
                               rescale=guidance_rescale)
     step_params = inspect.signature(sched.step).parameters

@@ -139,6 +139,16 @@ def sigmas_to_timesteps(sigmas: list[float], config: Mapping[str, Any], beta_sch
     return np.interp(values, logs, np.arange(len(train), dtype=np.float64)).tolist()
 
 
+def percent_timestep(percent: float, train_steps: int = 1000) -> float:
+    """The training timestep at ``percent`` of the way from pure noise to clean (ComfyUI's percent_to_sigma,
+    in timesteps): 0 lies above every timestep, 1 at 0, anything between at (1 - percent) * (train_steps - 1)."""
+    if percent <= 0.0:
+        return float("inf")
+    if percent >= 1.0:
+        return 0.0
+    return (1.0 - percent) * (train_steps - 1)
+
+
 def _check_schedule(sampler: str, scheduler: str, **_: Any) -> list[tuple[str | None, str]]:
     why = combination_problem(sampler, scheduler)
     return [("scheduler", why)] if why else []

@@ -7,6 +7,7 @@ mode, as in test_reference), the control image a Canny edge map of the demo imag
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from nodegraph import Engine, Graph
 from nodegraph.workflow import graph_from_data
 from nodes.payloads import Conditioning
 from nodes.tiny import make_tiny_controlnet
-from tests.sdxl_graphs import DEMO_IMAGE, DEMO_MASK, inpaint_graph
+from tests.sdxl_graphs import DEMO_IMAGE, DEMO_MASK, ROOT, inpaint_graph
 
 pytestmark = pytest.mark.slow  # end-to-end runs of the tiny model
 
@@ -220,3 +221,35 @@ def test_make_tiny_model_writes_lora_and_controlnet(tmp_path):
                  source=str(addons / "lora-kohya.safetensors"))
     g.set_input("sample", "unet", unet.unet.link())
     assert Engine().run(g, output_dir=tmp_path).ok
+
+
+def test_ranges_by_steps_and_by_timesteps():
+    """diffusers counts the steps run; ComfyUI counts the model's timesteps (percent 0.3 = timestep 699.3)."""
+    from nodes.controlnet import ControlHint
+
+    timesteps = [801, 601, 401, 201, 1]  # SDXL's leading spacing, 5 steps
+    for range_by, expected in (("steps", [False, False, True, True, True]),
+                               ("timesteps", [False, True, True, True, True])):
+        hint = ControlHint(None, None, 1.0, 0.3, 1.0, range_by)  # type: ignore[arg-type]
+        assert [hint.active(i, 5, t) for i, t in enumerate(timesteps)] == expected, range_by
+    late = ControlHint(None, None, 1.0, 0.0, 0.5, "timesteps")  # type: ignore[arg-type]
+    assert [late.active(i, 5, t) for i, t in enumerate(timesteps)] == [True, True, False, False, False]
+
+
+def test_comfyui_controlnet_ranges_count_timesteps(tiny_models, controlnets, tmp_path):
+    """ControlNetApplyAdvanced maps with range_by=timesteps and runs through Sample."""
+    prompt = json.loads((ROOT / "tests" / "comfy" / "inpaint_api.json").read_text())
+    prompt["4"]["inputs"]["ckpt_name"] = str(tiny_models[9])
+    prompt["10"]["inputs"]["image"] = str(ROOT / "workflows" / "demo_image_alpha.png")
+    prompt["40"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": str(controlnets[0])}}
+    prompt["41"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["6", 0], "negative": ["7", 0], "control_net": ["40", 0], "image": ["10", 0],
+        "strength": 1.0, "start_percent": 0.3, "end_percent": 0.9}}
+    prompt["20"]["inputs"].update(positive=["41", 0], negative=["41", 1])
+    graph = graph_from_data(prompt)
+    assert graph.nodes["41"].inputs["range_by"] == "timesteps"
+    controlled = Engine().run(graph, output_dir=tmp_path)["3"]["latent"].samples
+    del prompt["41"]
+    prompt["20"]["inputs"].update(positive=["6", 0], negative=["7", 0])
+    plain = Engine().run(graph_from_data(prompt), output_dir=tmp_path)["3"]["latent"].samples
+    assert float((controlled - plain).abs().max()) > 1e-3
