@@ -105,8 +105,9 @@ def _settings(args: argparse.Namespace, output_dir: Path) -> EngineSettings:
 
 
 def _with_models(args: argparse.Namespace, settings: EngineSettings) -> EngineSettings:
-    if args.models_dir:
-        settings = settings.with_(models_dirs=tuple(Path(d).expanduser().resolve() for d in args.models_dir))
+    dirs = getattr(args, "models_dir", None)  # run and validate take --models-dir; batch does not (yet)
+    if dirs:
+        settings = settings.with_(models_dirs=tuple(Path(d).expanduser().resolve() for d in dirs))
     return settings
 
 
