@@ -27,7 +27,8 @@ from nodegraph.types import FileRole, can_connect, file_role_of, strip_optional
 
 MAX_LITERAL_DEPTH = 32
 # A model source that names no local file may be a hub id ("org/name") or carry a scheme ("builtin:...").
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# org/name; a name ending in a weights suffix is a file ComfyUI-style ("sdxl/model.safetensors"), never a repo
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/(?![\w.-]*\.(?:safetensors|ckpt|pt|pth|bin)$)[\w.-]+$", re.IGNORECASE)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
 
@@ -168,7 +169,7 @@ def _is_remote_source(value: str, base: Path | None) -> bool:
     """A model source that names no local file: a scheme (``builtin:...``) or a hub id that is no path here."""
     if _SCHEME.match(value) and not re.match(r"^[A-Za-z]:[\\/]", value):
         return True
-    if _HUB_ID.match(value):
+    if HUB_ID.match(value):
         local = Path(value) if base is None else base / value
         return not local.exists()
     return False

@@ -19,11 +19,11 @@ from typing import Literal
 from nodegraph.files import atomic_write_bytes
 from nodegraph.keys import file_fingerprint
 from nodegraph.settings import active_settings
+from nodegraph.validation import HUB_ID
 
 logger = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DIFFUSERS_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
                    "scheduler")
 

@@ -271,3 +271,13 @@ def test_a_hub_cached_model_is_fingerprinted_by_its_blob_names(tiny_models, tmp_
     weights.unlink()
     weights.symlink_to(other)
     assert sources.resolve(repo).fingerprint != found.fingerprint
+
+
+def test_a_missing_weights_file_named_like_org_slash_name_is_not_taken_for_a_hub_id():
+    """ComfyUI writes checkpoint names such as "sdxl/base.safetensors": when no such file exists that is
+    an error at validation, not a hub download attempted at run time."""
+    with pytest.raises(WorkflowError) as info:
+        validate(ckpt_graph("sdxl/base.safetensors"))
+    (issue,) = info.value.issues
+    assert issue.node == "checkpoint" and "no such file" in issue.message
+    validate(ckpt_graph("stabilityai/stable-diffusion-xl-base-1.0"))  # a hub id still passes validation
