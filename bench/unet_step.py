@@ -53,6 +53,14 @@ def variants(unet: Any) -> dict[str, Callable[[], contextlib.AbstractContextMana
         finally:
             unet.to(memory_format=torch.contiguous_format)
 
+    @contextlib.contextmanager
+    def channels_last_weights() -> Iterator[Callable[[dict[str, Any]], Any]]:
+        unet.to(memory_format=torch.channels_last)  # the input stays as Sample passes it (contiguous)
+        try:
+            yield lambda kw: unet(**kw)
+        finally:
+            unet.to(memory_format=torch.contiguous_format)
+
     def kernel(backend: Any) -> Callable[[], contextlib.AbstractContextManager[Callable[[dict[str, Any]], Any]]]:
         @contextlib.contextmanager
         def use() -> Iterator[Callable[[dict[str, Any]], Any]]:
@@ -60,7 +68,8 @@ def variants(unet: Any) -> dict[str, Callable[[], contextlib.AbstractContextMana
                 yield lambda kw: unet(**kw)
         return use
 
-    return {"sdpa (default)": plain, "channels_last": channels_last, "math attention": kernel(SDPBackend.MATH),
+    return {"sdpa (default)": plain, "channels_last": channels_last, "channels_last weights": channels_last_weights,
+            "math attention": kernel(SDPBackend.MATH),
             "flash attention": kernel(SDPBackend.FLASH_ATTENTION)}
 
 
@@ -114,7 +123,7 @@ def main() -> None:
         print(f"\n{name}: median per UNet call over {args.rounds} rounds")
         for v, ts in times.items():
             med = statistics.median(ts)
-            print(f"  {v:18s} {med:8.3f} s  ratio {med / base:.3f}  ({', '.join(f'{t:.2f}' for t in ts)})")
+            print(f"  {v:22s} {med:8.3f} s  ratio {med / base:.3f}  ({', '.join(f'{t:.2f}' for t in ts)})")
         if args.profile:
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
         del unet, calls, kw
