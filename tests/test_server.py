@@ -701,6 +701,40 @@ def test_previews_arrive_as_binary_frames_only_when_asked(server):
     assert not any(isinstance(f, bytes) for f in frames)
 
 
+def test_clients_that_announce_preview_metadata_get_type_4_frames(server):
+    """ComfyUI's feature negotiation: a socket whose first message says supports_preview_metadata gets each
+    preview with the node and prompt it belongs to; another socket of the same client id keeps type 1."""
+    prompt = {"1": {"class_type": "PreviewSteps", "inputs": {"steps": 5}},
+              "2": {"class_type": "Format", "inputs": {"n": ["1", 0]}},
+              "3": {"class_type": "WriteText", "inputs": {"text": ["2", 0], "name": "meta"}}}
+
+    async def go() -> tuple[str, list[Any], list[Any], dict[str, Any]]:
+        url = f"{server.ws_url}?clientId=meta-viewer"
+        async with websockets.connect(url) as modern, websockets.connect(url) as legacy:
+            assert json.loads(await modern.recv())["type"] == "status"
+            assert json.loads(await legacy.recv())["type"] == "status"
+            await modern.send(json.dumps({"type": "feature_flags", "data": {"supports_preview_metadata": True}}))
+            reply = json.loads(await modern.recv())
+            r = server.post("/prompt", json={"prompt": prompt, "client_id": "meta-viewer",
+                                             "extra_data": {"preview_method": "auto"}})
+            pid = r.json()["prompt_id"]
+            return pid, await collect(modern, pid), await collect(legacy, pid), reply
+
+    pid, modern, legacy, reply = asyncio.run(go())
+    assert reply == {"type": "feature_flags", "data": {"supports_preview_metadata": True,
+                                                       "max_upload_size": reply["data"]["max_upload_size"]}}
+    typed = [f for f in modern if isinstance(f, bytes)]
+    assert typed and all(int.from_bytes(f[:4], "big") == 4 for f in typed)
+    for frame in typed:
+        length = int.from_bytes(frame[4:8], "big")
+        meta = json.loads(frame[8:8 + length])
+        assert meta == {"node_id": "1", "display_node_id": "1", "parent_node_id": None, "real_node_id": "1",
+                        "prompt_id": pid, "image_type": "image/jpeg"}
+        assert frame[8 + length:].startswith(b"\xff\xd8\xff\xe0preview")
+    plain = [f for f in legacy if isinstance(f, bytes)]
+    assert len(plain) == len(typed) and all(f[:8] == (1).to_bytes(4, "big") * 2 for f in plain)
+
+
 def test_prompt_paths_outside_the_input_and_output_dirs_are_refused(server, tmp_path):
     outside = tmp_path / "outside.png"
     outside.write_bytes((ROOT / "workflows/demo_image.png").read_bytes())

@@ -53,6 +53,7 @@ from .protocol import (
     JobList,
     JobsCancelRequest,
     Pagination,
+    PreviewFrames,
     PromptAccepted,
     PromptRejected,
     PromptRequest,
@@ -96,11 +97,12 @@ class Hub:
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._clients: dict[str, set[asyncio.Queue[str | bytes | None]]] = {}
+        self._with_metadata: set[asyncio.Queue[str | bytes | None]] = set()  # sockets that asked for type 4
         self._lock = threading.Lock()
-        self._pending: list[tuple[str | None, str | bytes]] = []
+        self._pending: list[tuple[str | None, str | bytes | PreviewFrames]] = []
         self._scheduled = False
 
-    def send(self, client_id: str | None, frame: str | bytes) -> None:
+    def send(self, client_id: str | None, frame: str | bytes | PreviewFrames) -> None:
         """Thread-safe: callable from the worker thread.
 
         Frames wait in one list and the loop is woken once per burst, not once per frame: each wake-up is a
@@ -131,12 +133,22 @@ class Hub:
         for client_id, frame in frames:
             self._dispatch(client_id, frame)
 
-    def _dispatch(self, client_id: str | None, frame: str | bytes) -> None:
+    def _dispatch(self, client_id: str | None, frame: str | bytes | PreviewFrames) -> None:
         targets = self._clients.values() if client_id is None else [self._clients.get(client_id, set())]
         for queues in targets:
             for q in queues:
                 if q.qsize() < MAX_PENDING_FRAMES:  # a client that stopped reading loses frames, not our memory
-                    q.put_nowait(frame)
+                    if isinstance(frame, PreviewFrames):
+                        q.put_nowait(frame.with_metadata if q in self._with_metadata else frame.legacy)
+                    else:
+                        q.put_nowait(frame)
+
+    def announce(self, q: asyncio.Queue[str | bytes | None], flags: dict[str, Any]) -> None:
+        """A socket's feature_flags: previews with metadata (type 4) when it supports them."""
+        if flags.get("supports_preview_metadata") is True:
+            self._with_metadata.add(q)
+        else:
+            self._with_metadata.discard(q)
 
     def add(self, client_id: str) -> asyncio.Queue[str | bytes | None]:
         q: asyncio.Queue[str | bytes | None] = asyncio.Queue()
@@ -144,6 +156,7 @@ class Hub:
         return q
 
     def remove(self, client_id: str, q: asyncio.Queue[str | bytes | None]) -> None:
+        self._with_metadata.discard(q)
         queues = self._clients.get(client_id)
         if queues is not None:
             queues.discard(q)
@@ -323,6 +336,8 @@ class Server:
                 except ValueError:
                     continue
                 if isinstance(data, dict) and data.get("type") == "feature_flags":
+                    flags = data.get("data")
+                    self.hub.announce(queue, flags if isinstance(flags, dict) else {})
                     queue.put_nowait(json.dumps({"type": "feature_flags", "data": self._features()}))
         finally:
             self.hub.remove(sid, queue)
@@ -672,7 +687,7 @@ class Server:
         return web.json_response([])
 
     def _features(self) -> dict[str, Any]:
-        return {"supports_preview_metadata": False, "max_upload_size": self.config.max_upload}
+        return {"supports_preview_metadata": True, "max_upload_size": self.config.max_upload}
 
     async def features(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self._features())

@@ -18,7 +18,9 @@ MAX_PROMPT_BYTES = 16 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 
 PREVIEW_IMAGE = 1  # binary event type: preview image (4-byte format, then the image)
+PREVIEW_IMAGE_WITH_METADATA = 4  # binary event type: 4-byte length, JSON metadata, then the image
 IMAGE_FORMATS = {"JPEG": 1, "PNG": 2}
+MIME_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
 
 
 def now_ms() -> int:
@@ -214,6 +216,32 @@ def message(kind: str, data: BaseModel | dict[str, Any]) -> str:
 def preview_frame(image_format: str, data: bytes) -> bytes:
     """ComfyUI's binary preview: big-endian event type 1, big-endian image format (1 JPEG, 2 PNG), bytes."""
     return struct.pack(">II", PREVIEW_IMAGE, IMAGE_FORMATS[image_format]) + data
+
+
+class PreviewMetadata(BaseModel):
+    """Which node a type-4 preview belongs to (ComfyUI's fields; we have no subgraph parents)."""
+
+    node_id: str
+    display_node_id: str
+    parent_node_id: str | None = None
+    real_node_id: str
+    prompt_id: str
+    image_type: str
+
+
+def preview_frame_with_metadata(image_format: str, data: bytes, node_id: str, prompt_id: str) -> bytes:
+    """ComfyUI's type-4 preview, for clients that announce ``supports_preview_metadata``: big-endian event
+    type 4, big-endian length of the JSON metadata, the metadata, then the image bytes."""
+    meta = PreviewMetadata(node_id=node_id, display_node_id=node_id, real_node_id=node_id, prompt_id=prompt_id,
+                           image_type=MIME_TYPES[image_format]).model_dump_json().encode()
+    return struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + data
+
+
+class PreviewFrames(BaseModel):
+    """One preview in both encodings: each socket gets the one it asked for (feature_flags)."""
+
+    legacy: bytes
+    with_metadata: bytes
 
 
 def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:

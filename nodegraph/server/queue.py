@@ -45,12 +45,14 @@ from .protocol import (
     ExecutionStart,
     ExecutionSuccess,
     ImageRef,
+    PreviewFrames,
     ProgressData,
     StatusBody,
     StatusData,
     message,
     now_ms,
     preview_frame,
+    preview_frame_with_metadata,
 )
 from .translate import comfy_id_of
 
@@ -59,7 +61,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Send = Callable[[str | None, str | bytes], None]
+Send = Callable[[str | None, "str | bytes | PreviewFrames"], None]
 """Deliver a frame to one client id, or to every client when the id is None (thread-safe)."""
 
 
@@ -151,7 +153,9 @@ class PromptListener:
             cid = self.cid(event.node_id) or event.node_id
             self._emit("progress", ProgressData(value=event.value, max=event.total, prompt_id=pid, node=cid))
             if event.preview is not None and self.previews:
-                self._send(self.row.client_id, preview_frame(event.preview.format, event.preview.data))
+                fmt, data = event.preview.format, event.preview.data
+                self._send(self.row.client_id, PreviewFrames(
+                    legacy=preview_frame(fmt, data), with_metadata=preview_frame_with_metadata(fmt, data, cid, pid)))
         elif isinstance(event, NodeFinished):
             cid = self.cid(event.node_id) or event.node_id
             if event.status in (NodeStatus.EXECUTED, NodeStatus.CACHED):
