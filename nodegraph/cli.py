@@ -105,7 +105,7 @@ def _settings(args: argparse.Namespace, output_dir: Path) -> EngineSettings:
 
 
 def _with_models(args: argparse.Namespace, settings: EngineSettings) -> EngineSettings:
-    dirs = getattr(args, "models_dir", None)  # run and validate take --models-dir; batch does not (yet)
+    dirs = getattr(args, "models_dir", None)  # run, validate and batch take --models-dir
     if dirs:
         settings = settings.with_(models_dirs=tuple(Path(d).expanduser().resolve() for d in dirs))
     return settings

@@ -207,3 +207,23 @@ def test_batch_jobs_command_writes_a_job_file(tmp_path: Path, capsys: pytest.Cap
                                         "mask.path": str((tmp_path / "msk" / "a.png").resolve()),
                                         "sample.steps": 30, "positive.prompt": "a cat"}}]
     assert "b.png" in capsys.readouterr().err
+
+
+def test_batch_models_dir_resolves_comfyui_model_names(tmp_path: Path, tiny_models: dict[int, Path],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from nodegraph.batch.cli import main
+
+    root = Path(__file__).resolve().parent.parent
+    models = tmp_path / "models"
+    shutil.copytree(tiny_models[9], models / "checkpoints" / "sdxl" / "v1" / "tiny")
+    prompt = json.loads((root / "tests" / "comfy" / "inpaint_api.json").read_text())
+    prompt["4"]["inputs"]["ckpt_name"] = "sdxl/v1/tiny"
+    prompt["10"]["inputs"]["image"] = str(root / "workflows" / "demo_image_alpha.png")
+    workflow = tmp_path / "api.json"
+    workflow.write_text(json.dumps(prompt))
+    jobs = write_lines(tmp_path / "jobs.jsonl", [{"id": "a", "set": {"3.seed": 1}}])
+    assert main(["batch", str(workflow), str(jobs), "--check", "--models-dir", str(models)]) == 0
+    assert "1 job(s), 0 problem(s)" in capsys.readouterr().out
+    assert main(["batch", str(workflow), str(jobs), "--check"]) == 2  # the name alone names no file

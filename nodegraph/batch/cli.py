@@ -153,6 +153,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--retries", type=int, default=3, help="times a job is retried after its worker died")
     p.add_argument("--report", metavar="R.json", help="per-job and per-worker figures")
     p.add_argument("--check", action="store_true", help="only check the job file (exit 2 if any job is bad)")
+    p.add_argument("--models-dir", action="append", metavar="DIR",
+                   help="a ComfyUI models directory (checkpoints/, loras/ ...): a ComfyUI workflow's model names "
+                        "load from there (repeatable)")
     p.add_argument("--cache-dir", default=None, help="cache directory shared by the workers")
     p.add_argument("--cache-size", default=str(DEFAULT_DISK_BYTES), help="disk cache cap, e.g. 10GiB")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the disk cache")

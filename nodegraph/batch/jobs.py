@@ -112,16 +112,17 @@ class JobPlanner:
     workflow file's folder, writes stay inside the output directory.
     """
 
-    def __init__(self, data: Any, source: str, policy: PathPolicy | None = None):
+    def __init__(self, data: Any, source: str, policy: PathPolicy | None = None, models_dirs: tuple[Path, ...] = ()):
         self.data = data
         self.source = source
         self._policy = policy
-        self._base = graph_from_data(data, source=source)  # raises WorkflowError for a broken workflow
+        # raises WorkflowError for a broken workflow; ComfyUI model names resolve under models_dirs
+        self._base = graph_from_data(data, source=source, models_dirs=models_dirs)
         self._memo: OrderedDict[str, tuple[str | None, ModelKey]] = OrderedDict()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], settings: EngineSettings, output_dir: Path) -> JobPlanner:
-        planner = cls(read_workflow_data(path), str(Path(path).resolve()))
+        planner = cls(read_workflow_data(path), str(Path(path).resolve()), models_dirs=settings.models_dirs)
         planner._policy = run_policy(Path(path), planner._base, output_dir, settings)
         return planner
 
