@@ -23,7 +23,7 @@ def find_model_file(name: str, kind: str, models_dirs: tuple[Path, ...]) -> Path
     """The file a model combo value names (``object_info``'s listing: relative to ``<models>/<folder>``),
     or None when it names none there. Names that climb out (``..``, absolute paths) name nothing."""
     rel = PurePosixPath(name.replace("\\", "/"))
-    if not name or rel.is_absolute() or ".." in rel.parts:
+    if not rel.parts or rel.is_absolute() or ".." in rel.parts:  # "" and "." name the folder itself
         return None
     for models in models_dirs:
         for folder in MODEL_FOLDERS.get(kind, ()):

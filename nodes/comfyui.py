@@ -12,6 +12,7 @@ from typing import Any
 
 from nodegraph.comfy_spec import MAX_RESOLUTION, SEED_MAX, ComfyClass, ComfyInput, MappingError, register_comfy
 from nodegraph.node import REGISTRY
+from nodes.schedulers import sampler_info
 
 Inputs = dict[str, Any]
 Expanded = dict[str, dict[str, Any]]
@@ -145,24 +146,49 @@ def _ksampler(inputs: Inputs) -> Expanded:
     return _sample(inputs, inputs.get("seed", 0), strength=inputs.get("denoise", 1.0))
 
 
+def _sigma_samplers() -> str:
+    from nodes.schedulers import BUILTIN_SAMPLERS
+
+    return ", ".join(name for name, info in BUILTIN_SAMPLERS.items() if info.sigmas)
+
+
 def _ksampler_advanced(inputs: Inputs) -> Expanded:
     steps = int(inputs.get("steps", 20))
     start, end = int(inputs.get("start_at_step", 0)), int(inputs.get("end_at_step", 10000))
     add_noise = inputs.get("add_noise", "enable") != "disable"
+    leftover = inputs.get("return_with_leftover_noise", "disable") == "enable"
+    seed = inputs.get("noise_seed", 0)
     if start == 0 and end >= steps:  # the whole schedule: KSampler with another name for its seed
-        return _sample(inputs, inputs.get("noise_seed", 0), strength=1.0, add_noise=add_noise)
-    # A part of the schedule, cut by step index as ComfyUI cuts it (not diffusers' denoising_start/end
-    # fractions, which round differently): the sigmas of the whole schedule, the range, then Sample on them.
+        return _sample(inputs, seed, strength=1.0, add_noise=add_noise)
+    if start >= min(end, steps):  # ComfyUI runs nothing and hands the latent on as it is
+        return {"": {"type": "RepeatLatent", "inputs": {"latent": inputs["latent_image"], "amount": 1}}}
     sampler = comfy_sampler(inputs.get("sampler_name", "euler"))
-    expanded = _sample(inputs, inputs.get("noise_seed", 0), add_noise=add_noise, sigmas=["@range", "sigmas"],
-                       **({"strength": 1.0} if start == 0 else {}))
-    expanded["sched"] = {"type": "Schedule", "inputs": {
-        "unet": inputs["model"], "sampler": sampler, "scheduler": comfy_scheduler(inputs.get("scheduler", "normal")),
-        "steps": steps}}
-    expanded["range"] = {"type": "StepRange", "inputs": {
-        "sigmas": ["@sched", "sigmas"], "start": start, "end": end,
-        "denoise_to_zero": inputs.get("return_with_leftover_noise", "disable") != "enable"}}
-    return expanded
+    info = sampler_info(sampler)
+    if info is not None and info.sigmas:
+        # Cut by step index as ComfyUI cuts it (diffusers' denoising_start/end fractions round differently):
+        # the sigmas of the whole schedule, the range, then Sample on them.
+        expanded = _sample(inputs, seed, add_noise=add_noise, sigmas=["@range", "sigmas"],
+                           **({"strength": 1.0} if start == 0 else {}))
+        expanded["sched"] = {"type": "Schedule", "inputs": {
+            "unet": inputs["model"], "sampler": sampler,
+            "scheduler": comfy_scheduler(inputs.get("scheduler", "normal")), "steps": steps}}
+        expanded["range"] = {"type": "StepRange", "inputs": {
+            "sigmas": ["@sched", "sigmas"], "start": start, "end": end, "denoise_to_zero": not leftover}}
+        return expanded
+    # A sampler that follows only its own timesteps: diffusers' denoising_start/end fractions, which cover the
+    # base + refiner split (leftover noise out of the first half, no new noise into the second).
+    if start > 0 and add_noise:
+        raise MappingError("add_noise", f"add_noise 'enable' from step {start} needs a sampler that follows explicit "
+                                        f"sigmas ({_sigma_samplers()}); {sampler!r} can only continue a run "
+                                        "without new noise (add_noise 'disable')")
+    if end < steps and not leftover:
+        raise MappingError("return_with_leftover_noise",
+                           f"return_with_leftover_noise 'disable' with end_at_step {end} < steps needs a sampler "
+                           f"that follows explicit sigmas ({_sigma_samplers()}); {sampler!r} can only stop "
+                           "with the leftover noise (return_with_leftover_noise 'enable')")
+    return _sample(inputs, seed, strength=1.0, add_noise=add_noise,
+                   denoising_start=start / steps if start > 0 else None,
+                   denoising_end=end / steps if end < steps else None)
 
 
 _SAMPLER_INPUTS = (
@@ -189,9 +215,11 @@ KSAMPLER_ADVANCED = _cls(
      _link("negative", "CONDITIONING"), _link("latent_image", "LATENT"), _int("start_at_step", 0, 0, 10000),
      _int("end_at_step", 10000, 0, 10000), _combo("return_with_leftover_noise", ("disable", "enable"))),
     ("LATENT",), category="sampling", display="KSampler (Advanced)",
-    notes="start/end_at_step cut the schedule by step index, as ComfyUI does (Schedule -> StepRange -> Sample on "
-          "those sigmas); `add_noise: disable` starts from the latent as it is; `return_with_leftover_noise: disable` "
-          "with an early end takes the last step to sigma 0. Noise as KSampler.")
+    notes="With a sampler that follows explicit sigmas (euler; docs/sampling.md), start/end_at_step "
+          "cut the schedule by step index as ComfyUI does (Schedule -> StepRange -> Sample), `add_noise` and "
+          "`return_with_leftover_noise` as in ComfyUI; with another sampler they become diffusers' denoising_start/end "
+          "fractions (the base + refiner split), and a flag that cannot be honoured is an import error. start >= end "
+          "hands the latent on unchanged. Noise as KSampler.")
 
 
 # ---- loaders and conditioning -------------------------------------------------------------------

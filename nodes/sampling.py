@@ -336,33 +336,39 @@ def set_schedule(sched: Any, sampler: str, scheduler: str, steps: int, strength:
     return sched.timesteps
 
 
-def differential_mask(mask: torch.Tensor, t: float, t_start: float, strength: float = 1.0) -> torch.Tensor:
-    """Differential diffusion (Levin & Fried 2023): at timestep ``t`` of a run that started at ``t_start``,
-    a cell is repainted when its mask value is at least ``t / t_start``, so a cell of value 0.3 is held to
-    the original for the first 70% of the (timestep) schedule and free after. ``strength`` < 1 mixes the
-    soft mask back in, as ComfyUI's node does."""
-    threshold = t / t_start if t_start > 0 else 0.0
+def differential_mask(mask: torch.Tensor, t: float, t_start: float, t_end: float = 0.0,
+                      strength: float = 1.0) -> torch.Tensor:
+    """Differential diffusion (Levin & Fried 2023), as ComfyUI's node computes it: at timestep ``t`` of a run
+    from ``t_start`` down to ``t_end``, a cell is repainted when its mask value is at least
+    (t - t_end) / (t_start - t_end); a cell of 0.3 joins once 70% of the run's timesteps are behind.
+    ``strength`` < 1 mixes the soft mask back in."""
+    threshold = (t - t_end) / (t_start - t_end) if t_start > t_end else 0.0
     binary = (mask >= threshold).to(mask.dtype)
     return binary if strength >= 1.0 else strength * binary + (1 - strength) * mask
 
 
 def _blend_callback(sched: Any, image: torch.Tensor, noise: torch.Tensor, mask: torch.Tensor,
-                    timesteps: torch.Tensor, final_sigma: float, differential: float | None = None
-                    ) -> Callable[[int, torch.Tensor], torch.Tensor]:
+                    timesteps: torch.Tensor, final_sigma: float, differential: float | None = None,
+                    t_end: float = 0.0) -> Callable[[int, torch.Tensor], torch.Tensor]:
     """4-channel inpainting: outside the mask, follow the original re-noised to the next step's level.
 
-    differential: the mask of step i is ``differential_mask`` at that step's timestep (the threshold falls
-    from 1 at the first step towards 0 at t = 0, as in ComfyUI's DifferentialDiffusion)."""
+    differential: the blend after step i prepares the input of step i + 1, so it uses the mask ComfyUI's
+    DifferentialDiffusion gives that step (``differential_mask`` at its timestep; after the last step, the
+    last step's mask, so a cell of mask 0 always ends as the original). t_end: the timestep the run stops at.
+    """
     import torch
 
     t_start = float(timesteps[0])
 
     def blend(i: int, latents: torch.Tensor) -> torch.Tensor:
-        if i < len(timesteps) - 1:
+        last = i == len(timesteps) - 1
+        if not last:
             init = sched.add_noise(image, noise, torch.tensor([timesteps[i + 1]]))
         else:  # a schedule cut before 0 (SplitSchedule's first half) ends at a noise level, not the image
             init = image + noise * final_sigma if final_sigma > 0 else image
-        m = mask if differential is None else differential_mask(mask, float(timesteps[i]), t_start, differential)
+        m = mask
+        if differential is not None:
+            m = differential_mask(mask, float(timesteps[i if last else i + 1]), t_start, t_end, differential)
         return (1 - m) * init + m * latents
 
     return blend
@@ -395,7 +401,8 @@ def _check(sampler: str | None = None, scheduler: str = "normal", denoising_star
 
 
 # ComfyUI's KSampler / KSamplerAdvanced map onto Sample in nodes/comfyui.py.
-@node(category="sampling", version=2, cache=PERSIST, check=_check)
+# version 3: latents stay float32 around any UNet dtype; timed conditioning on ComfyUI's 999 scale
+@node(category="sampling", version=3, cache=PERSIST, check=_check)
 def Sample(
     unet: UNetHandle,
     positive: Conditioning,
@@ -518,7 +525,10 @@ def Sample(
     on_step = None
     if not nine_channel and mask is not None:
         final_sigma = float(sigmas[-1]) if sigmas is not None else 0.0
-        on_step = _blend_callback(sched, image_latents, noise, mask, visited, final_sigma, unet.differential)
+        t_end = 0.0
+        if unet.differential is not None and final_sigma > 0:  # a run that stops above sigma 0 (a first half)
+            t_end = sigmas_to_timesteps([final_sigma], json.loads(unet.scheduler_config), beta_schedule)[0]
+        on_step = _blend_callback(sched, image_latents, noise, mask, visited, final_sigma, unet.differential, t_end)
     elif unet.differential is not None:
         raise ValueError("DifferentialDiffusion works on the mask blend of a 4-channel UNet (a base model with "
                          "SetLatentNoiseMask / DownsampleMask); this sampler has "
@@ -618,7 +628,7 @@ def _comfy_sampler_custom_advanced(inputs: dict[str, Any]) -> dict[str, dict[str
     return {"": {"type": "SampleCustom", "inputs": ours}}
 
 
-@node(category="sampling/custom", version=1, cache=PERSIST)
+@node(category="sampling/custom", version=2, cache=PERSIST)  # runs Sample (its version 3)
 def SampleCustom(noise: NoiseSpec, guider: GuiderSpec, sigmas: Sigmas, latent: Latent, ctx: RunContext,
                  sampler: SamplerName = "euler") -> Latent:
     """Sample from parts: noise, a guider, a sampler and an explicit schedule (ComfyUI's custom sampling)."""

@@ -127,3 +127,29 @@ def test_ksampler_advanced_honours_add_noise_and_leftover_noise(builtin_models_d
     assert float((noisy - clean).abs().max()) > 0.1  # stopped at sigma[2] vs taken on to sigma 0
     late_noise, late_none = latent(start_at_step=2), latent(start_at_step=2, add_noise="disable")
     assert float((late_noise - late_none).abs().max()) > 0.1  # enable adds noise at sigma[2]; disable does not
+
+
+@pytest.mark.slow
+def test_ksampler_advanced_with_a_timesteps_only_sampler(builtin_models_dir, at_root, tmp_path):
+    """dpmpp_2m follows only its own timesteps: the base + refiner split maps onto denoising_start/end; a
+    flag it cannot honour is an import error naming it; start >= end hands the latent on unchanged."""
+    prompt = json.loads((COMFY / "inpaint_api.json").read_text())
+    prompt["3"]["inputs"]["sampler_name"] = "dpmpp_2m"
+    split = _advanced(json.loads(json.dumps(prompt)), "3", ["20", 2], end_at_step=2,
+                      return_with_leftover_noise="enable")
+    split = _advanced(split, "30", ["3", 0], add_noise="disable", start_at_step=2)
+    split["8"]["inputs"]["samples"] = ["30", 0]
+    graph = graph_from_data(split)
+    assert graph.nodes["3"].inputs["denoising_end"] == 0.5 and graph.nodes["30"].inputs["denoising_start"] == 0.5
+    result = Engine().run(graph, output_dir=tmp_path)
+    assert torch.isfinite(result["30"]["latent"].samples).all()
+
+    with pytest.raises(WorkflowError, match="return_with_leftover_noise 'disable' .* explicit sigmas"):
+        graph_from_data(_advanced(json.loads(json.dumps(prompt)), "3", ["20", 2], end_at_step=2))
+    with pytest.raises(WorkflowError, match="add_noise 'enable' from step 2"):
+        graph_from_data(_advanced(json.loads(json.dumps(prompt)), "3", ["20", 2], start_at_step=2))
+
+    nothing = graph_from_data(_advanced(json.loads(json.dumps(prompt)), "3", ["20", 2], start_at_step=3,
+                                        end_at_step=3))
+    ran = Engine().run(nothing, output_dir=tmp_path)
+    assert torch.equal(ran["3"]["latent"].samples, ran["20"]["latent"].samples)

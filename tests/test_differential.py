@@ -16,30 +16,31 @@ from tests.sdxl_graphs import ROOT, inpaint_graph
 
 def test_the_threshold_falls_with_the_timestep():
     mask = torch.tensor([0.0, 0.3, 0.7, 1.0])
-    assert differential_mask(mask, 999.0, 999.0).tolist() == [0, 0, 0, 1]  # first step: only full repaint
+    assert differential_mask(mask, 999.0, 999.0).tolist() == [0, 0, 0, 1]  # the first step: only full repaint
     assert differential_mask(mask, 666.0, 999.0).tolist() == [0, 0, 1, 1]
     assert differential_mask(mask, 250.0, 999.0).tolist() == [0, 1, 1, 1]
     assert differential_mask(mask, 1.0, 999.0).tolist() == [0, 1, 1, 1]  # a cell of 0 never changes
+    # a run that stops at timestep 500 (a first half) sweeps the whole threshold range within itself
+    assert differential_mask(mask, 600.0, 950.0, t_end=500.0).tolist() == [0, 1, 1, 1]  # 100 / 450 = 0.22
     half = differential_mask(mask, 666.0, 999.0, strength=0.5)
     assert torch.allclose(half, torch.tensor([0.0, 0.15, 0.85, 1.0]))
 
 
-def test_each_step_frees_the_cells_above_its_threshold():
+def test_each_blend_uses_the_mask_of_the_step_it_prepares():
+    """ComfyUI thresholds the input of step k at timestep t_k; our blend after step i prepares step i + 1's
+    input, so it uses t_(i+1) (after the last step: the last step's own threshold)."""
     from diffusers import EulerDiscreteScheduler
 
-    sched = EulerDiscreteScheduler(timestep_spacing="leading", steps_offset=1)  # SDXL's: ends at t = 1, not 0
+    sched = EulerDiscreteScheduler(timestep_spacing="leading", steps_offset=1)  # SDXL's: 751, 501, 251, 1
     sched.set_timesteps(4)
-    timesteps = sched.timesteps
+    assert sched.timesteps.tolist() == [751, 501, 251, 1]
     image, noise = torch.zeros(1, 1, 1, 4), torch.ones(1, 1, 1, 4)
     mask = torch.tensor([0.0, 0.3, 0.7, 1.0]).reshape(1, 1, 1, 4)
-    blend = _blend_callback(sched, image, noise, mask, timesteps, 0.0, differential=1.0)
-    free = []
-    for i in range(len(timesteps)):
-        out = blend(i, torch.full((1, 1, 1, 4), 123.0))
-        free.append([bool(v == 123.0) for v in out.flatten()])  # the sampler's latents kept as they are
-        threshold = float(timesteps[i]) / float(timesteps[0])
-        assert free[-1] == [bool(m >= threshold) for m in mask.flatten()]
-    assert free[0] == [False, False, False, True] and free[-1] == [False, True, True, True]
+    blend = _blend_callback(sched, image, noise, mask, sched.timesteps, 0.0, differential=1.0)
+    free = [[bool(v == 123.0) for v in blend(i, torch.full((1, 1, 1, 4), 123.0)).flatten()] for i in range(4)]
+    # thresholds 501/751 = 0.67, 251/751 = 0.33, 1/751, and 1/751 again after the last step
+    assert free == [[False, False, True, True], [False, False, True, True], [False, True, True, True],
+                    [False, True, True, True]]
 
 
 def soft_mask_graph(model: str, differential: bool, mode: str = "area"):

@@ -56,15 +56,36 @@ def test_load_checkpoint_auto_picks_bf16_only_on_cpus_with_native_bf16(tiny_mode
     assert REGISTRY.get("LoadVAE").fn(source=str(tiny_models[9]), device="cpu").ref.dtype == "float32"
 
 
-def test_a_bf16_unet_samples_float32_latents(tiny_models, tmp_path):
-    # The scheduler and guidance arithmetic stay float32 around a bf16 UNet: only the UNet's own rounding
-    # separates the two, so the latents are close, and Sample's output is float32 either way.
+def test_a_bf16_unet_samples_float32_latents(tiny_models, tmp_path, monkeypatch):
+    # The scheduler and guidance arithmetic stay float32 around a bf16 UNet: the scheduler sees float32
+    # latents and predictions at every step, and only the UNet's own rounding separates the results.
+    import nodes.sampling
+
+    seen: list[tuple[torch.dtype, torch.dtype]] = []
+    make = nodes.sampling.make_scheduler
+
+    def spying_scheduler(*args, **kwargs):
+        sched = make(*args, **kwargs)
+        step = sched.step
+
+        def recorded(model_output, timestep, sample, *rest, **kw):
+            seen.append((model_output.dtype, sample.dtype))
+            return step(model_output, timestep, sample, *rest, **kw)
+
+        sched.step = recorded
+        return sched
+
+    monkeypatch.setattr(nodes.sampling, "make_scheduler", spying_scheduler)
+
     def latents(dtype: str) -> torch.Tensor:
         g = inpaint_graph(str(tiny_models[4]), steps=4, dtype=dtype)
         return Engine().run(g, output_dir=tmp_path, outputs=["sample"])["sample"]["latent"].samples
 
-    reference, bf16 = latents("float32"), latents("bfloat16")
-    assert reference.dtype == bf16.dtype == torch.float32
+    reference = latents("float32")
+    seen.clear()
+    bf16 = latents("bfloat16")
+    assert len(seen) == 3 and set(seen) == {(torch.float32, torch.float32)}  # strength 0.9999 of 4 steps: 3 run
+    assert bf16.dtype == torch.float32
     diff = float((bf16 - reference).abs().max())
     assert 0 < diff <= BF16_LATENT_TOL * float(reference.abs().max())
 

@@ -498,23 +498,27 @@ def test_token_is_required_everywhere_when_set(tmp_path):
 
 
 def test_a_page_opened_with_the_token_keeps_it_in_a_strict_cookie(tmp_path):
-    """The editor is opened once as /?token=...; its own API calls and websocket then carry no token."""
+    """The editor is opened once as /?token=...; its own API calls and websocket then carry no token. The
+    cookie is named for the port (browsers share cookies across ports) and does not hold the token."""
     s = Served(tmp_path, None, "--token", "s3cret")
     try:
         opened = s.get("/", params={"token": "s3cret"})
         assert opened.status_code == 200
         cookie = opened.headers["set-cookie"]
-        assert cookie.startswith("nodegraph_token=s3cret;")
+        name, _, rest = cookie.partition("=")
+        value = rest.split(";")[0]
+        assert name == f"nodegraph_token_{s.port}" and len(value) == 64 and "s3cret" not in cookie
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
-        jar = {"Cookie": "nodegraph_token=s3cret"}
+        jar = {"Cookie": f"{name}={value}"}
         assert s.get("/queue", headers=jar).status_code == 200
         assert "set-cookie" not in s.get("/queue", params={"token": "s3cret"}, headers=jar).headers  # already kept
-        assert s.get("/queue", headers={"Cookie": "nodegraph_token=wrong"}).status_code == 401
+        assert s.get("/queue", headers={"Cookie": f"{name}=s3cret"}).status_code == 401  # the raw token is no cookie
+        assert s.get("/queue", headers={"Cookie": f"nodegraph_token_{s.port + 1}={value}"}).status_code == 401
         assert "set-cookie" not in s.get("/", params={"token": "wrong"}).headers
         assert s.get("/queue", headers={"Authorization": "Bearer s3cret"}).headers.get("set-cookie") is None
 
         async def ws() -> str:
-            async with websockets.connect(s.ws_url, additional_headers={"Cookie": "nodegraph_token=s3cret"}) as conn:
+            async with websockets.connect(s.ws_url, additional_headers=jar) as conn:
                 return json.loads(await conn.recv())["type"]
 
         assert asyncio.run(ws()) == "status"

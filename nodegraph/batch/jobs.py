@@ -25,11 +25,12 @@ from nodegraph import validate
 from nodegraph.cli import run_policy
 from nodegraph.errors import WorkflowError
 from nodegraph.graph import Graph, NodeInstance
+from nodegraph.settings import EngineSettings, use_settings
 from nodegraph.types import MODEL_SOURCE, file_role_of
 from nodegraph.workflow import apply_override, graph_from_data, read_workflow_data
 
 if TYPE_CHECKING:
-    from nodegraph.settings import EngineSettings, PathPolicy
+    from nodegraph.settings import PathPolicy
     from nodegraph.validation import ValidGraph
 
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # also a safe file name: outputs are named by it
@@ -112,17 +113,20 @@ class JobPlanner:
     workflow file's folder, writes stay inside the output directory.
     """
 
-    def __init__(self, data: Any, source: str, policy: PathPolicy | None = None, models_dirs: tuple[Path, ...] = ()):
+    def __init__(self, data: Any, source: str, policy: PathPolicy | None = None, models_dirs: tuple[Path, ...] = (),
+                 settings: EngineSettings | None = None):
         self.data = data
         self.source = source
         self._policy = policy
+        self._settings = settings or EngineSettings()  # check hooks read its limits (max_input_pixels ...)
         # raises WorkflowError for a broken workflow; ComfyUI model names resolve under models_dirs
         self._base = graph_from_data(data, source=source, models_dirs=models_dirs)
         self._memo: OrderedDict[str, tuple[str | None, ModelKey]] = OrderedDict()
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], settings: EngineSettings, output_dir: Path) -> JobPlanner:
-        planner = cls(read_workflow_data(path), str(Path(path).resolve()), models_dirs=settings.models_dirs)
+        planner = cls(read_workflow_data(path), str(Path(path).resolve()), models_dirs=settings.models_dirs,
+                      settings=settings)
         planner._policy = run_policy(Path(path), planner._base, output_dir, settings)
         return planner
 
@@ -151,7 +155,8 @@ class JobPlanner:
             return self._memo[key]
         try:
             graph = self.graph(job)
-            verdict: tuple[str | None, ModelKey] = (None, model_key(validate(graph, policy=self.policy())))
+            with use_settings(self._settings):
+                verdict: tuple[str | None, ModelKey] = (None, model_key(validate(graph, policy=self.policy())))
         except WorkflowError as err:
             verdict = ("; ".join(str(i) for i in err.issues), ())
         self._memo[key] = verdict

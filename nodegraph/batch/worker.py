@@ -69,7 +69,7 @@ class BatchWorker:
 
     def __init__(self, workflow: Any, source: str, policy: PathPolicy | None, settings: EngineSettings):
         self.output_dir = Path(settings.output_dir).resolve()
-        self.planner = JobPlanner(workflow, source, policy, settings.models_dirs)
+        self.planner = JobPlanner(workflow, source, policy, settings.models_dirs, settings)
         self.engine = Engine(settings)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._current: str | None = None

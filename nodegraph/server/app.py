@@ -7,6 +7,7 @@ which hands frames back to the loop through ``Hub.send`` (thread-safe).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -186,11 +187,21 @@ def _host_port(netloc: str) -> tuple[str, int | None]:
     return (parts.hostname or "").lower(), port
 
 
-TOKEN_COOKIE = "nodegraph_token"
+def token_cookie(config: ServerConfig) -> tuple[str, str]:
+    """(name, value) of the cookie that stands for the token in a browser.
+
+    Browsers scope cookies by host, not port: the name carries the port, so two servers on one host keep
+    their own, and the value is an HMAC of the token, so the token itself never sits in a cookie that
+    another service on the same host name would be sent.
+    """
+    assert config.token
+    value = hmac.new(config.token.encode(), b"nodegraph editor cookie", hashlib.sha256).hexdigest()
+    return f"nodegraph_token_{config.port}", value
 
 
 def security_middleware(config: ServerConfig) -> Any:
     allowed_origins = {o.rstrip("/").lower() for o in config.allow_origins}
+    cookie_name, cookie_value = token_cookie(config) if config.token else ("", "")
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -199,8 +210,11 @@ def security_middleware(config: ServerConfig) -> Any:
             supplied = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
             if not supplied and "token" in request.query:
                 supplied, from_query = request.query["token"], True
-            supplied = supplied or request.cookies.get(TOKEN_COOKIE, "")
-            if not hmac.compare_digest(supplied.encode(), config.token.encode()):
+            if supplied:
+                allowed = hmac.compare_digest(supplied.encode(), config.token.encode())
+            else:
+                allowed = hmac.compare_digest(request.cookies.get(cookie_name, "").encode(), cookie_value.encode())
+            if not allowed:
                 return web.json_response({"error": "a token is required: 'Authorization: Bearer TOKEN', "
                                                    "?token=TOKEN, or open /?token=TOKEN in the browser once"},
                                          status=401)
@@ -214,11 +228,12 @@ def security_middleware(config: ServerConfig) -> Any:
             return web.json_response({"error": f"cross-origin request from {origin!r} refused "
                                                "(start the server with --allow-origin to allow it)"}, status=403)
         response = await handler(request)
-        if from_query and config.token and not response.prepared and request.cookies.get(TOKEN_COOKIE) != config.token:
+        if from_query and not response.prepared and request.cookies.get(cookie_name) != cookie_value:
             # The editor page calls the API and its websocket without the token: a page opened once with
-            # ?token=TOKEN leaves it in a cookie the browser sends back to this origin only (SameSite=Strict,
-            # not readable by scripts), and the Origin check above still refuses other sites.
-            response.set_cookie(TOKEN_COOKIE, config.token, httponly=True, samesite="Strict",
+            # ?token=TOKEN leaves a cookie standing for it (SameSite=Strict, not readable by scripts; behind a
+            # TLS-terminating proxy it is not marked Secure, since this server sees plain http), and the
+            # Origin check above still refuses other sites.
+            response.set_cookie(cookie_name, cookie_value, httponly=True, samesite="Strict",
                                 secure=request.scheme == "https", path="/")
         return response
 
@@ -418,7 +433,7 @@ class Server:
             elif body.workflow is not None:
                 from nodegraph.workflow import graph_from_data
 
-                graph = graph_from_data(body.workflow, self.registry, "workflow")
+                graph = graph_from_data(body.workflow, self.registry, "workflow", self.config.engine.models_dirs)
                 # /queue and /history show prompts in API shape: the native nodes under their own names
                 prompt = {n: {"class_type": e["type"], "inputs": e["inputs"]} for n, e in graph.to_dict()["nodes"].items()}
             else:
