@@ -12,7 +12,10 @@ Engines run one after the other, alternating round by round, and medians are rep
   in the warm rerun and, separately, in the first run (ComfyUI's first run is slower per step);
 - first image: from launching the process (ComfyUI: its server) to the saved image;
 - warm rerun: the same workflow with the seed changed, in the same process / server.
-nodegraph runs twice per round: dtype float32 (ComfyUI's CPU precision for UNet and VAE) and dtype auto.
+By default nodegraph runs twice per round: dtype float32 (ComfyUI's CPU precision for UNet and VAE) and
+dtype auto; `--engines server,comfy` instead runs `nodegraph serve` (dtype auto, results cache off) driven
+by the same HTTP + websocket client as ComfyUI. With both float32 and auto, the first images of the two
+precisions (same seed) are compared.
 
 ComfyUI is never installed or imported by this project: pass a checkout (--comfy-dir) and the python of a
 venv that has its requirements (--python).
