@@ -20,6 +20,7 @@ from nodegraph.files import atomic_folder
 from nodegraph.node import CachePolicy
 from nodegraph.settings import active_settings
 from nodegraph.types import MODEL_SOURCE
+from nodes.memory import choose_dtypes
 from nodes.models import (
     ClipHandle,
     Device,
@@ -29,7 +30,6 @@ from nodes.models import (
     VaeHandle,
     _read_json,
     resolve_device,
-    resolve_dtypes,
     unet_handle,
     vae_handle,
 )
@@ -190,7 +190,7 @@ def LoadVAE(
     src = component_source(source, "vae", config)
     cfg = _read_json(Path(src.path) / "vae" / "config.json")
     dev = resolve_device(device)
-    model_dtype, vae_dtype = resolve_dtypes(dtype, dev)
+    model_dtype, vae_dtype = choose_dtypes(dtype, dev)
     if dtype == "auto" and model_dtype == "float16" and not cfg.get("force_upcast", True):
         vae_dtype = "float16"  # a VAE fixed for float16 (fp16-fix) runs in it on accelerators
     if vae_dtype == "float16" and cfg.get("force_upcast", True):
@@ -216,7 +216,7 @@ def LoadUNet(source: ComponentSource, dtype: DType = "auto", device: Device = "a
     sched_cfg = _read_json(sched_path) if sched_path.is_file() else {"_class_name": "EulerDiscreteScheduler",
                                                                       **SDXL_SCHEDULER}
     dev = resolve_device(device)
-    return unet_handle(ModelRef(src, resolve_dtypes(dtype, dev)[0], dev), unet_cfg, vae_cfg, index, sched_cfg)
+    return unet_handle(ModelRef(src, choose_dtypes(dtype, dev)[0], dev), unet_cfg, vae_cfg, index, sched_cfg)
 
 
 @node(category="conditioning", version=1)

@@ -25,7 +25,8 @@ from nodegraph import RunContext, node
 from nodegraph.node import CachePolicy
 from nodegraph.types import MODEL_SOURCE
 from nodes.components import ComponentSource, check_component_source, component_source
-from nodes.models import Device, DType, ModelRef, _read_json, manager, resolve_device, resolve_dtypes
+from nodes.memory import choose_dtypes
+from nodes.models import Device, DType, ModelRef, _read_json, manager, resolve_device
 from nodes.payloads import Conditioning, Image
 from nodes.schedules import percent_timestep
 from nodes.sources import SourceError
@@ -90,7 +91,7 @@ def LoadControlNet(
     if cfg.get("addition_embed_type") != "text_time":
         raise SourceError(f"{source}: not an SDXL ControlNet (no text_time conditioning in its config)")
     dev = resolve_device(device)
-    return ControlNetHandle(ModelRef(src, resolve_dtypes(dtype, dev)[0], dev),
+    return ControlNetHandle(ModelRef(src, choose_dtypes(dtype, dev)[0], dev),
                             int(cfg.get("conditioning_channels", 3)))
 
 

@@ -307,12 +307,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_dtypes(dtype: str, device: str) -> tuple[str, str]:
-    """(model dtype, VAE dtype) for every loader: ``nodes.memory.choose_dtypes`` asking this CPU whether it
-    has native bf16 (float16 on accelerators, bf16 or float32 on CPUs, the VAE float32 under ``auto``)."""
-    return choose_dtypes(dtype, device)
-
-
 def _source_fingerprint(source: str, variant: str | None = None, config: str | None = None, **_: Any) -> str:
     digest = resolve(source, variant).fingerprint
     return digest if config is None else f"{digest}+{resolve(config).fingerprint}"
@@ -387,7 +381,7 @@ def LoadCheckpoint(
     vae_cfg = _read_json(folder / "vae" / "config.json")
     sched_cfg = _read_json(folder / "scheduler" / "scheduler_config.json")
     dev = resolve_device(device)
-    model_dtype, vae_dtype = resolve_dtypes(dtype, dev)
+    model_dtype, vae_dtype = choose_dtypes(dtype, dev)
     if vae_dtype == "float16" and vae_cfg.get("force_upcast", True):
         vae_dtype = "float32"  # SDXL's VAE overflows in float16; diffusers upcasts it for the same reason
     options = MemoryOptions(offload, attention, vae_tiling, vae_slicing, quantize)
