@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
@@ -121,16 +122,22 @@ def _open_header(path: str, max_pixels: int) -> PILImage.Image:
     return img
 
 
-def check_image_file(path: str, **_: Any) -> list[tuple[str | None, str]]:
-    """Refused at validation, from the header only: a directory, device, pipe, unreadable or over-limit
-    image (the engine's ``max_input_pixels``). A file that does not exist yet is left to the run."""
+def existing_file_problems(path: str, check: Callable[[str], object]) -> list[tuple[str | None, str]]:
+    """A check hook's answer for a file input: ``check(path)``'s refusal (ValueError / OSError) as the
+    ``path`` problem. A file that does not exist yet is left to the run (an earlier node may write it)."""
     if not Path(path).exists():
         return []
     try:
-        _open_header(path, active_settings().max_input_pixels).close()
+        check(path)
     except (ValueError, OSError) as exc:
         return [("path", str(exc))]
     return []
+
+
+def check_image_file(path: str, **_: Any) -> list[tuple[str | None, str]]:
+    """Refused at validation, from the header only: a directory, device, pipe, unreadable or over-limit
+    image (the engine's ``max_input_pixels``)."""
+    return existing_file_problems(path, lambda p: _open_header(p, active_settings().max_input_pixels).close())
 
 
 def _path_fingerprint(path: str, **_: Any) -> str:

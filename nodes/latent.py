@@ -14,7 +14,7 @@ from nodegraph.files import atomic_write_bytes
 from nodegraph.keys import file_fingerprint
 from nodegraph.node import PERSIST, CachePolicy
 from nodegraph.types import READ_PATH, WRITE_PATH
-from nodes.image import Size, check_same_size, regular_file
+from nodes.image import Size, check_same_size, existing_file_problems, regular_file
 from nodes.models import VaeHandle, manager
 from nodes.payloads import Image, Latent, Mask, require_finite
 
@@ -161,15 +161,8 @@ def _latent_fingerprint(path: str, **_: Any) -> str:
 
 
 def _check_latent_file(path: str, **_: Any) -> list[tuple[str | None, str]]:
-    """A directory, device, pipe or over-1-GiB file is refused at validation (a missing one at run time:
-    an earlier SaveLatent may write it)."""
-    if not Path(path).exists():
-        return []
-    try:
-        _latent_file(path)
-    except (ValueError, OSError) as exc:
-        return [("path", str(exc))]
-    return []
+    """A directory, device, pipe or over-1-GiB file is refused at validation."""
+    return existing_file_problems(path, _latent_file)
 
 
 @node(category="latent", version=2, cache=CachePolicy.reads(_latent_fingerprint, "path"), check=_check_latent_file)
