@@ -105,9 +105,8 @@ def _settings(args: argparse.Namespace, output_dir: Path) -> EngineSettings:
 
 
 def _with_models(args: argparse.Namespace, settings: EngineSettings) -> EngineSettings:
-    dirs = getattr(args, "models_dir", None)  # run, validate and batch take --models-dir
-    if dirs:
-        settings = settings.with_(models_dirs=tuple(Path(d).expanduser().resolve() for d in dirs))
+    if args.models_dir:  # run, validate and batch take --models-dir
+        settings = settings.with_(models_dirs=tuple(Path(d).expanduser().resolve() for d in args.models_dir))
     return settings
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from nodegraph.comfy_spec import MAX_RESOLUTION, SEED_MAX, ComfyClass, ComfyInput, MappingError, register_comfy
 from nodegraph.node import REGISTRY
-from nodes.schedulers import sampler_info
+from nodes.schedulers import BUILTIN_SAMPLERS, sampler_info
 
 Inputs = dict[str, Any]
 Expanded = dict[str, dict[str, Any]]
@@ -147,8 +147,6 @@ def _ksampler(inputs: Inputs) -> Expanded:
 
 
 def _sigma_samplers() -> str:
-    from nodes.schedulers import BUILTIN_SAMPLERS
-
     return ", ".join(name for name, info in BUILTIN_SAMPLERS.items() if info.sigmas)
 
 
