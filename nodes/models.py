@@ -98,6 +98,11 @@ class UNetHandle:
     # Differential diffusion's strength (nodes.sampling.DifferentialDiffusion); None: the mask as it is.
     differential: float | None = None
 
+    @property
+    def train_steps(self) -> int:
+        """The model's training timesteps (the scale of timestep ranges)."""
+        return int(json.loads(self.scheduler_config).get("num_train_timesteps", 1000))
+
 
 @dataclass(frozen=True)
 class ClipHandle:

@@ -244,7 +244,7 @@ def regional_rows(unet: UNetHandle, positive: Conditioning, negative: Conditioni
         sides.append((negative.entries(), neg_ids))
     sides.append((positive.entries(), ids))
     length = max(e.embeds.shape[1] for entries, _ in sides for e in entries)
-    total = json.loads(unet.scheduler_config).get("num_train_timesteps", 1000)
+    total = unet.train_steps
     embeds, pooled, time_ids, weights, high, low = [], [], [], [], [], []
     for entries, entry_ids in sides:
         for e in entries:
@@ -513,7 +513,7 @@ def Sample(
         begin = getattr(sched, "begin_index", None) or 0
         model = with_control(model, ctx, control_sides(cond, positive, negative, batch),
                              len(sched.timesteps) - begin, (height, width),
-                             json.loads(unet.scheduler_config).get("num_train_timesteps", 1000))
+                             unet.train_steps)
     denoise = guided_denoiser(model, sched, cond, concat=concat, timestep_cond=timestep_cond,
                               rescale=guidance_rescale)
     step_params = inspect.signature(sched.step).parameters
